@@ -1,0 +1,48 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Offline hygiene: no telemetry, no update checks (also set in visionloop.settings).
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export NO_ALBUMENTATIONS_UPDATE := 1
+export DVC_NO_ANALYTICS := 1
+export GIT_PYTHON_REFRESH := quiet
+
+.PHONY: demo test lint env env-dev repro ui clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	# torch first, pinned exactly: a looser pin resolves to a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+env: $(VENV)/.installed
+env-dev: $(VENV)/.installed-dev
+
+demo: env
+	$(BIN)/visionloop demo
+
+lint: env-dev
+	$(BIN)/ruff check .
+
+test: env-dev
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+repro: env
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+clean:
+	rm -rf .visionloop models reports plots metrics.json data/prepared lightning_logs

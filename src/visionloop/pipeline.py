@@ -1,0 +1,77 @@
+"""The training pipeline's steps, with their inputs and outputs taken from ``params.yaml``.
+
+Each function is one DVC stage (``dvc.yaml`` runs it through the CLI) and one Prefect task
+(``tasks/training.py``): a single implementation of each step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from visionloop.settings import Settings
+
+MODEL_DIR = "models"
+METRICS_FILE = "metrics.json"
+PLOTS_DIR = "reports/plots"
+REGISTRATION_FILE = "reports/registration.json"
+
+
+def import_step(settings: Settings) -> int:
+    """Write the embedded data set (sklearn digits) as PNG files; returns the number written."""
+    from visionloop.data import import_digits
+
+    data = settings.section("data")
+    return import_digits(settings.path(data["raw_dir"]), int(data["image_size"]))
+
+
+def prepare_step(settings: Settings):
+    """Validate, canonicalise and split the source images; quarantine what is bad."""
+    from visionloop.data import prepare
+
+    data = settings.section("data")
+    return prepare(
+        settings.path(data["source"]),
+        settings.path(data["prepared_dir"]),
+        channels=int(data["channels"]),
+        min_side=int(data["min_side"]),
+        max_pixels=int(data["max_pixels"]),
+        val_fraction=float(data["val_fraction"]),
+        test_fraction=float(data["test_fraction"]),
+        seed=settings.seed,
+    )
+
+
+def train_step(settings: Settings, trigger: str = "cli", **kwargs: Any):
+    from visionloop.train import train
+
+    return train(settings, out_dir=settings.path(MODEL_DIR), trigger=trigger, **kwargs)
+
+
+def evaluate_step(settings: Settings, model_dir: Path | None = None):
+    from visionloop.evaluate import run_evaluation
+
+    return run_evaluation(
+        settings,
+        model_dir or settings.path(MODEL_DIR),
+        settings.path(settings.section("data")["prepared_dir"]),
+        settings.path(METRICS_FILE),
+        settings.path(PLOTS_DIR),
+    )
+
+
+def register_step(settings: Settings, trigger: str = "cli", model_dir: Path | None = None) -> dict[str, Any]:
+    """Register the trained run's model; the first good one becomes champion."""
+    from visionloop.registry import register_run
+
+    run = json.loads(((model_dir or settings.path(MODEL_DIR)) / "run.json").read_text())
+    metrics = json.loads(settings.path(METRICS_FILE).read_text())
+    headline = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    registered = register_run(settings, run["run_id"], headline, trigger=trigger)
+    record = {"run_id": run["run_id"], "model_name": settings.model_name, "version": str(registered.version),
+              "aliases": list(registered.aliases)}
+    path = settings.path(REGISTRATION_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record

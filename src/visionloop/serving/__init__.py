@@ -1,0 +1,1 @@
+"""Real-time REST serving of the registry champion."""

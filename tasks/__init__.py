@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over the visionloop library, with retries and names."""
