@@ -17,6 +17,7 @@ from tasks.training import (
     version_data,
 )
 from visionloop import dvcrepo
+from visionloop.data import source_from_settings
 from visionloop.settings import Settings
 
 STAGES = ["import", "prepare", "train", "evaluate", "register"]
@@ -28,9 +29,7 @@ def training(project_dir: str | None = None, epochs: int | None = None, trigger:
     overrides: dict[str, Any] = {"train": {"epochs": epochs}} if epochs is not None else {}
     settings = Settings.load(project_dir, overrides=overrides)
     with tags(f"model:{settings.model_name}"):
-        embedded = settings.path(settings.section("data")["source"]) == settings.path(
-            settings.section("data")["raw_dir"]
-        )
+        embedded = source_from_settings(settings) == settings.path(settings.section("data")["raw_dir"])
         if embedded:
             import_data(settings)
         report = prepare_data(settings)

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from visionloop import dvcrepo, pipeline
+from visionloop.data import source_from_settings
 from visionloop.lineage import data_version
 from visionloop.seams import DataVersion
 from visionloop.settings import Settings
@@ -28,7 +29,7 @@ def prepare_data(settings: Settings) -> dict[str, Any]:
 @task(name="version data", cache_policy=NO_CACHE)
 def version_data(settings: Settings) -> DataVersion:
     """The DVC hash of the source images: the data version every model records."""
-    return data_version(settings.root, settings.path(settings.section("data")["source"]))
+    return data_version(settings.root, source_from_settings(settings))
 
 
 @task(name="train model", cache_policy=NO_CACHE)

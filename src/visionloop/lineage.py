@@ -8,18 +8,25 @@ from pathlib import Path
 from visionloop.seams import DataVersion
 
 
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def git_commit(root: Path) -> str:
-    """HEAD of the project's git repository, with ``-dirty`` when tracked files changed."""
+    """HEAD of the project's git repository ("unknown" outside git)."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
+        return _git(root, "rev-parse", "HEAD")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return f"{head}-dirty" if dirty else head
+
+
+def git_dirty(root: Path) -> bool:
+    """Whether tracked files differ from HEAD (dvc.lock, written by the pipeline itself, aside)."""
+    try:
+        changed = _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return any(not line.endswith("dvc.lock") for line in changed)
 
 
 def dvc_hash(path: Path) -> str:

@@ -28,19 +28,9 @@ def import_step(settings: Settings) -> int:
 
 def prepare_step(settings: Settings):
     """Validate, canonicalise and split the source images; quarantine what is bad."""
-    from visionloop.data import prepare
+    from visionloop.data import prepare_from_settings
 
-    data = settings.section("data")
-    return prepare(
-        settings.path(data["source"]),
-        settings.path(data["prepared_dir"]),
-        channels=int(data["channels"]),
-        min_side=int(data["min_side"]),
-        max_pixels=int(data["max_pixels"]),
-        val_fraction=float(data["val_fraction"]),
-        test_fraction=float(data["test_fraction"]),
-        seed=settings.seed,
-    )
+    return prepare_from_settings(settings)
 
 
 def train_step(settings: Settings, trigger: str = "cli", **kwargs: Any):

@@ -125,10 +125,10 @@ def train(
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from visionloop.data import read_manifest
+    from visionloop.data import read_manifest, source_from_settings
     from visionloop.datamodule import ImageDataModule, class_names
     from visionloop.lineage import data_version as compute_data_version
-    from visionloop.lineage import git_commit
+    from visionloop.lineage import git_commit, git_dirty
     from visionloop.tracking import flatten, use_tracking
 
     data_params, train_params = settings.section("data"), settings.section("train")
@@ -136,7 +136,7 @@ def train(
     out_dir = out_dir or settings.path("models")
     base = base if base is not None else train_params.get("base")
     strategy = strategy or train_params.get("strategy", "full")
-    data_version = data_version or compute_data_version(settings.root, settings.path(data_params["source"]))
+    data_version = data_version or compute_data_version(settings.root, source_from_settings(settings))
 
     pl.seed_everything(settings.seed, workers=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -162,6 +162,7 @@ def train(
     experiment_id = use_tracking(settings)
     tags = {
         "git_commit": git_commit(settings.root),
+        "git_dirty": str(git_dirty(settings.root)).lower(),
         **data_version.as_tags(),
         "params_hash": settings.params_hash,
         "base_model": base_weights.uri if base_weights else "none",
