@@ -21,6 +21,8 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "cli_data",
     "cli_train",
+    "cli_stack",
+    "cli_drift",
 ]
 
 for _module in COMMAND_MODULES:

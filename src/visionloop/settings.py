@@ -8,7 +8,7 @@ variable                        meaning                                     defa
 ``VISIONLOOP_PROJECT_DIR``      project root (holds ``params.yaml``)        nearest parent of cwd with params.yaml
 ``VISIONLOOP_STATE_DIR``        git-ignored state of the embedded stack     ``<root>/.visionloop``
 ``MLFLOW_TRACKING_URI``         MLflow tracking + registry                  ``sqlite:///<state>/mlflow.db``
-``VISIONLOOP_ARTIFACT_ROOT``    artifact location for new experiments      ``file://<state>/mlartifacts``
+``VISIONLOOP_ARTIFACT_ROOT``    artifact location for new experiments      local store: ``file://<state>/mlartifacts``
 ``PREFECT_API_URL``             Prefect API (unset: Prefect's local mode)   unset
 ``VISIONLOOP_DB_URL``           prediction log (any SQLAlchemy URL)         ``sqlite:///<state>/predictions.db``
 ``VISIONLOOP_DVC_REMOTE``       DVC remote URL (dir, s3://, ...)            ``<state>/dvc-remote``
@@ -99,8 +99,13 @@ class Settings:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> str:
-        return os.environ.get("VISIONLOOP_ARTIFACT_ROOT") or (self.state_dir / "mlartifacts").as_uri()
+    def artifact_root(self) -> str | None:
+        """Artifact location for new experiments; None lets a tracking server choose its own."""
+        if root := os.environ.get("VISIONLOOP_ARTIFACT_ROOT"):
+            return root
+        if self.tracking_uri.startswith(("http://", "https://", "databricks")):
+            return None
+        return (self.state_dir / "mlartifacts").as_uri()
 
     @property
     def prefect_api_url(self) -> str | None:

@@ -16,7 +16,8 @@ def use_tracking(settings: Settings, experiment_key: str = "experiment") -> str:
     name = settings.section("mlflow")[experiment_key]
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        experiment_id = mlflow.create_experiment(name, artifact_location=f"{settings.artifact_root}/{name}")
+        root = settings.artifact_root
+        experiment_id = mlflow.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)

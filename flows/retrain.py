@@ -1,0 +1,65 @@
+"""The retrain flow: a drift alert → new data version → fine-tuned challenger → promotion gate."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, runtime, tags
+
+from tasks.retrain import (
+    close_alert,
+    collect_labeled,
+    decide,
+    evaluate_challenger,
+    prepare_snapshot,
+    promote,
+    push_data,
+    register_challenger,
+    snapshot_data,
+    train_challenger,
+)
+from visionloop import dvcrepo
+from visionloop.retrain import RetrainWorkspace
+from visionloop.seams import CHAMPION
+from visionloop.settings import Settings
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(verdict: dict[str, Any] | None = None, trigger: str = "manual", project_dir: str | None = None) -> dict:
+    """Heal the model: retrain by transfer learning from the champion on data + new labels, then gate."""
+    settings = Settings.load(project_dir)
+    verdict = verdict or {"severity": "warning", "drift": None, "reason": f"requested ({trigger})"}
+    run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
+    decision = decide(settings, verdict, run_id)
+    if not decision.retrain:
+        print(f"alert recorded, no retrain: {decision.reason}")
+        return {"retrained": False, "action": decision.action, "reason": decision.reason}
+
+    outcome = "failed: see the flow run's logs"
+    try:
+        with tags(f"model:{settings.model_name}"):
+            additions = collect_labeled(settings)
+            snapshot = snapshot_data(settings, additions)
+            if dvcrepo.is_dvc_repo(settings.root):
+                push_data(settings)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            workspace = RetrainWorkspace(settings.state_dir / "retrain" / stamp)
+            prepare_snapshot(settings, snapshot, workspace)
+            base = f"models:/{settings.model_name}@{CHAMPION}"
+            train_challenger(settings, workspace, snapshot, base, trigger=f"retrain:{trigger}")
+            metrics = evaluate_challenger(settings, workspace)
+            registered = register_challenger(settings, workspace, metrics, trigger=f"retrain:{trigger}")
+            record = promote(settings, trigger=f"retrain:{trigger}", candidate_version=str(registered.version))
+        outcome = f"{record.decision} v{registered.version}: {record.reason}"
+        print(f"{len(additions)} new labeled images → data {snapshot.data_version.dvc_hash}; "
+              f"challenger v{registered.version} accuracy {metrics['accuracy']:.4f}; {outcome}")
+        return {"retrained": True, "data_version": snapshot.data_version.dvc_hash,
+                "version": str(registered.version), "decision": record.decision, "reason": record.reason,
+                "metrics": metrics, "n_added": len(additions)}
+    finally:
+        close_alert(settings, decision.alert_id, outcome)
+
+
+if __name__ == "__main__":
+    retrain()

@@ -1,0 +1,207 @@
+"""The embedded stack on loopback: Prefect server, MLflow server, Evidently UI, REST server, deployments.
+
+``up`` starts what is not already reachable and records each process (PID, command, port, log) in
+``<state>/stack.json``; ``down`` stops exactly those processes, by PID, after checking each PID still
+runs the command it started. Services given by ``PREFECT_API_URL`` / ``MLFLOW_TRACKING_URI`` are used
+as they are and never started or stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from visionloop.settings import Settings
+
+HOST = "127.0.0.1"
+PORTS = {"prefect": 4200, "mlflow": 5000, "serve": 8000, "evidently": 8001}
+
+
+@dataclass
+class Service:
+    name: str
+    pid: int
+    url: str
+    command: list[str]
+    log: str
+
+
+@dataclass
+class StackUrls:
+    prefect_api: str
+    prefect_ui: str
+    mlflow: str
+    serve: str
+    evidently: str
+
+
+def stack_file(settings: Settings) -> Path:
+    return settings.state_dir / "stack.json"
+
+
+def read_services(settings: Settings) -> dict[str, Service]:
+    path = stack_file(settings)
+    if not path.exists():
+        return {}
+    return {name: Service(**data) for name, data in json.loads(path.read_text()).items()}
+
+
+def _write_services(settings: Settings, services: dict[str, Service]) -> None:
+    stack_file(settings).write_text(json.dumps({n: asdict(s) for n, s in services.items()}, indent=2))
+
+
+def urls(settings: Settings) -> StackUrls:
+    """Where each UI and API is: the configured servers, else the embedded ones."""
+    serving = settings.section("serving")
+    prefect_api = settings.prefect_api_url or f"http://{HOST}:{PORTS['prefect']}/api"
+    tracking = settings.tracking_uri
+    mlflow = tracking if tracking.startswith("http") else f"http://{HOST}:{PORTS['mlflow']}"
+    return StackUrls(
+        prefect_api=prefect_api,
+        prefect_ui=prefect_api.removesuffix("/api"),
+        mlflow=mlflow,
+        serve=f"http://{serving.get('host', HOST)}:{serving.get('port', PORTS['serve'])}",
+        evidently=f"http://{HOST}:{PORTS['evidently']}",
+    )
+
+
+def reachable(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status < 500
+    except OSError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} did not come up within {timeout:.0f} s")
+
+
+def service_environment(settings: Settings, u: StackUrls) -> dict[str, str]:
+    """The environment every process of the stack shares: where each service is."""
+    return {
+        **os.environ,
+        "VISIONLOOP_PROJECT_DIR": str(settings.root),
+        "VISIONLOOP_STATE_DIR": str(settings.state_dir),
+        "PREFECT_API_URL": u.prefect_api,
+        "MLFLOW_TRACKING_URI": u.mlflow,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def _spawn(settings: Settings, name: str, command: list[str], url: str, env: dict[str, str]) -> Service:
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+    log = log_dir / f"{name}.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, cwd=settings.root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return Service(name, process.pid, url, command, str(log))
+
+
+def up(settings: Settings, *, serve: bool = True, deployments: bool = True, evidently: bool = True,
+       echo: Callable[[str], None] = print) -> StackUrls:
+    """Start the embedded servers that are not configured elsewhere, then the REST server and deployments."""
+    u = urls(settings)
+    services = {n: s for n, s in read_services(settings).items() if is_running(s)}
+    env = service_environment(settings, u)
+    bin_dir = Path(sys.executable).parent
+    plan: list[tuple[str, list[str], str, str]] = []  # name, command, url, health url
+    if not settings.prefect_api_url:
+        prefect_env_home = settings.state_dir / "prefect"
+        prefect_env_home.mkdir(exist_ok=True)
+        env_prefect = {**env, "PREFECT_HOME": str(prefect_env_home)}
+        env_prefect.pop("PREFECT_API_URL")
+        plan.append(("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", HOST,
+                                 "--port", str(PORTS["prefect"]), "--analytics-off"], u.prefect_ui,
+                     f"{u.prefect_api}/health"))
+    if not settings.tracking_uri.startswith("http"):
+        plan.append(("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", settings.tracking_uri,
+                                "--default-artifact-root", str(settings.artifact_root),
+                                "--artifacts-destination", str(settings.artifact_root),
+                                "--host", HOST, "--port", str(PORTS["mlflow"]), "--workers", "1"],
+                     u.mlflow, f"{u.mlflow}/health"))
+    if evidently:
+        workspace = settings.state_dir / "evidently"
+        workspace.mkdir(exist_ok=True)
+        plan.append(("evidently", [str(bin_dir / "evidently"), "ui", "--workspace", str(workspace),
+                                   "--host", HOST, "--port", str(PORTS["evidently"])],
+                     u.evidently, f"{u.evidently}/api/projects"))
+    if serve:
+        plan.append(("serve", [str(bin_dir / "visionloop"), "serve"], u.serve, f"{u.serve}/health"))
+    if deployments:
+        plan.append(("deployments", [sys.executable, "-m", "flows.deployments"], u.prefect_ui, ""))
+
+    for name, command, url, health in plan:
+        if name in services or (health and reachable(health)):
+            echo(f"{name:<12} already running at {url}")
+            continue
+        child_env = env_prefect if name == "prefect" else env
+        service = _spawn(settings, name, command, url, child_env)
+        services[name] = service
+        _write_services(settings, services)
+        if health:
+            wait_until(lambda h=health, s=service: reachable(h) or not is_running(s), 120, name)
+            if not is_running(service):
+                raise RuntimeError(f"{name} exited during start-up; see {service.log}")
+        echo(f"{name:<12} started (pid {service.pid}) at {url}  log: {service.log}")
+    return u
+
+
+def is_running(service: Service) -> bool:
+    """True if the PID is alive and still runs the command we started (PIDs get reused)."""
+    try:
+        cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return all(arg.encode() in cmdline for arg in service.command[1:])
+
+
+def down(settings: Settings, echo: Callable[[str], None] = print, timeout: float = 20.0) -> list[str]:
+    """Stop what ``up`` started (deployments first), by PID; nothing else."""
+    services = read_services(settings)
+    stopped = []
+    for name in ("deployments", "serve", "evidently", "mlflow", "prefect"):
+        service = services.pop(name, None)
+        if service is None:
+            continue
+        if is_running(service):
+            _terminate(service, timeout)
+            echo(f"{name:<12} stopped (pid {service.pid})")
+            stopped.append(name)
+        else:
+            echo(f"{name:<12} was not running")
+        _write_services(settings, services)
+    for name in list(services):  # anything unexpected in the file: stop it the same careful way
+        service = services.pop(name)
+        if is_running(service):
+            _terminate(service, timeout)
+            stopped.append(name)
+    stack_file(settings).unlink(missing_ok=True)
+    return stopped
+
+
+def _terminate(service: Service, timeout: float) -> None:
+    # SIGTERM to the process group: `prefect.serve` pauses schedules on SIGTERM (SIGINT does not stop it).
+    try:
+        os.killpg(service.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and is_running(service):
+        time.sleep(0.3)
+    if is_running(service):
+        os.killpg(service.pid, signal.SIGKILL)
