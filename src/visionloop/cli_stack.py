@@ -20,6 +20,16 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"\nPrefect UI  {urls.prefect_ui}\nMLflow UI   {urls.mlflow}\nEvidently   {urls.evidently}\n"
                    f"REST API    {urls.serve}/docs\nStop with: visionloop down")
 
+    @app.command("demo")
+    def demo_command(
+        keep: bool = typer.Option(False, help="Leave the stack running afterwards, to browse the UIs."),
+    ) -> None:
+        """Run the whole lifecycle on the embedded digits: train v1, serve, drift, alert, retrain v2, promote,
+        hot-swap — then print what happened and stop what it started."""
+        from flows.demo import run_demo
+
+        run_demo(keep=keep, echo=typer.echo)
+
     @app.command("down")
     def down_command() -> None:
         """Stop what `visionloop up` started (by PID, nothing else)."""

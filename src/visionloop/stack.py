@@ -99,6 +99,8 @@ def service_environment(settings: Settings, u: StackUrls) -> dict[str, str]:
         "PREFECT_API_URL": u.prefect_api,
         "MLFLOW_TRACKING_URI": u.mlflow,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # Served deployments pick up runs (scheduled or started by the drift automation) within 2 s.
+        "PREFECT_RUNNER_POLL_FREQUENCY": os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2"),
     }
 
 
@@ -120,6 +122,7 @@ def up(settings: Settings, *, serve: bool = True, deployments: bool = True, evid
     env = service_environment(settings, u)
     bin_dir = Path(sys.executable).parent
     plan: list[tuple[str, list[str], str, str]] = []  # name, command, url, health url
+    env_prefect = env
     if not settings.prefect_api_url:
         prefect_env_home = settings.state_dir / "prefect"
         prefect_env_home.mkdir(exist_ok=True)
@@ -145,19 +148,23 @@ def up(settings: Settings, *, serve: bool = True, deployments: bool = True, evid
     if deployments:
         plan.append(("deployments", [sys.executable, "-m", "flows.deployments"], u.prefect_ui, ""))
 
-    for name, command, url, health in plan:
-        if name in services or (health and reachable(health)):
-            echo(f"{name:<12} already running at {url}")
-            continue
-        child_env = env_prefect if name == "prefect" else env
-        service = _spawn(settings, name, command, url, child_env)
-        services[name] = service
-        _write_services(settings, services)
-        if health:
-            wait_until(lambda h=health, s=service: reachable(h) or not is_running(s), 120, name)
+    # Servers first, started together; then what needs them (the REST server, the deployments).
+    for phase in (("prefect", "mlflow", "evidently"), ("serve", "deployments")):
+        waiting = []
+        for name, command, url, health in (item for item in plan if item[0] in phase):
+            if name in services or (health and reachable(health)):
+                echo(f"{name:<12} already running at {url}")
+                continue
+            service = _spawn(settings, name, command, url, env_prefect if name == "prefect" else env)
+            services[name] = service
+            _write_services(settings, services)
+            waiting.append((service, health))
+        for service, health in waiting:
+            if health:
+                wait_until(lambda h=health, s=service: reachable(h) or not is_running(s), 180, service.name)
             if not is_running(service):
-                raise RuntimeError(f"{name} exited during start-up; see {service.log}")
-        echo(f"{name:<12} started (pid {service.pid}) at {url}  log: {service.log}")
+                raise RuntimeError(f"{service.name} exited during start-up; see {service.log}")
+            echo(f"{service.name:<12} started (pid {service.pid}) at {service.url}  log: {service.log}")
     return u
 
 
