@@ -23,6 +23,9 @@ COMMAND_MODULES = [
     "cli_train",
     "cli_stack",
     "cli_drift",
+    "cli_serve",
+    "cli_batch",
+    "cli_registry",
 ]
 
 for _module in COMMAND_MODULES:

@@ -7,7 +7,7 @@ who reads it, and its form. A change of form bumps ``SEAM_VERSION``.
 2. Model bundle         written at registration; read by serving, monitoring, retraining, promotion.
                         Its artifact layout is ``BUNDLE_FILES``; tags on the model version are ``LINEAGE_TAGS``.
 3. Reference profile    per-image features of the training data (``visionloop.features``), stored in
-                        the bundle as ``reference_profile.parquet``; columns ``FEATURE_COLUMNS`` + outputs.
+                        the bundle as ``reference_profile.parquet``; columns ``features.feature_columns()``.
 4. ``PredictionRecord`` written by REST and batch inference; read by monitoring, labeling, retraining.
 5. ``DriftVerdict``     written by monitoring; read by the alert and the retrain flow.
 6. ``AlertEvent``       a Prefect event ``DRIFT_EVENT`` on resource ``model_resource_id(name)``.
