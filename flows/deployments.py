@@ -56,4 +56,10 @@ def build_deployments(settings: Settings) -> list:
 
 
 if __name__ == "__main__":
-    serve(*build_deployments(Settings.load()))
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve visionloop's Prefect deployments from this process.")
+    parser.add_argument("--only", nargs="*", help="serve only these deployments (default: all)")
+    only = parser.parse_args().only
+    deployments = [d for d in build_deployments(Settings.load()) if not only or d.name in only]
+    serve(*deployments)

@@ -20,6 +20,7 @@ from tasks.retrain import (
     train_challenger,
 )
 from visionloop import dvcrepo
+from visionloop.healing import RETRAIN_STARTED
 from visionloop.retrain import RetrainWorkspace
 from visionloop.seams import CHAMPION
 from visionloop.settings import Settings
@@ -29,12 +30,17 @@ from visionloop.settings import Settings
 def retrain(verdict: dict[str, Any] | None = None, trigger: str = "manual", project_dir: str | None = None) -> dict:
     """Heal the model: retrain by transfer learning from the champion on data + new labels, then gate."""
     settings = Settings.load(project_dir)
-    verdict = verdict or {"severity": "warning", "drift": None, "reason": f"requested ({trigger})"}
-    run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
-    decision = decide(settings, verdict, run_id)
-    if not decision.retrain:
-        print(f"alert recorded, no retrain: {decision.reason}")
-        return {"retrained": False, "action": decision.action, "reason": decision.reason}
+    # A run asked for by hand is explicit: it overrides the cooldown (never a running retrain).
+    verdict = verdict or {"severity": "critical", "drift": None, "reason": f"requested ({trigger})"}
+    if verdict.get("alert_id") and verdict.get("action") == RETRAIN_STARTED:
+        alert_id = str(verdict["alert_id"])  # decided when the alert was raised (tasks.alerts)
+    else:  # an event from elsewhere, or a manual run: the same policy decides here
+        run_id = str(runtime.flow_run.id) if runtime.flow_run.id else None
+        decision = decide(settings, verdict, run_id)
+        if not decision.retrain:
+            print(f"alert recorded, no retrain: {decision.reason}")
+            return {"retrained": False, "action": decision.action, "reason": decision.reason}
+        alert_id = decision.alert_id
 
     outcome = "failed: see the flow run's logs"
     try:
@@ -58,7 +64,7 @@ def retrain(verdict: dict[str, Any] | None = None, trigger: str = "manual", proj
                 "version": str(registered.version), "decision": record.decision, "reason": record.reason,
                 "metrics": metrics, "n_added": len(additions)}
     finally:
-        close_alert(settings, decision.alert_id, outcome)
+        close_alert(settings, alert_id, outcome)
 
 
 if __name__ == "__main__":

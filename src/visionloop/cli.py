@@ -21,11 +21,13 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "cli_data",
     "cli_train",
-    "cli_stack",
+    "cli_loop",
     "cli_drift",
+    "cli_monitor",
     "cli_serve",
     "cli_batch",
     "cli_registry",
+    "cli_label",
 ]
 
 for _module in COMMAND_MODULES:

@@ -10,7 +10,9 @@ who reads it, and its form. A change of form bumps ``SEAM_VERSION``.
                         the bundle as ``reference_profile.parquet``; columns ``features.feature_columns()``.
 4. ``PredictionRecord`` written by REST and batch inference; read by monitoring, labeling, retraining.
 5. ``DriftVerdict``     written by monitoring; read by the alert and the retrain flow.
-6. ``AlertEvent``       a Prefect event ``DRIFT_EVENT`` on resource ``model_resource_id(name)``.
+6. Alert event         a Prefect event ``DRIFT_EVENT`` on resource ``model_resource_id(name)``, emitted only
+                        when ``healing`` allows a retrain (else ``DRIFT_SUPPRESSED_EVENT``); every alert is
+                        also a row of the ``alerts`` table (``visionloop.healing``).
 7. ``PromotionRecord``  written by the gate and rollback; read by ``registry history`` and serving.
 """
 
@@ -135,7 +137,8 @@ class DriftVerdict:
 
 # --- 6. alert event ----------------------------------------------------------------------------
 
-DRIFT_EVENT = "visionloop.drift.detected"
+DRIFT_EVENT = "visionloop.drift.detected"  # payload: DriftVerdict.summary() + alert_id, action, reason
+DRIFT_SUPPRESSED_EVENT = "visionloop.drift.suppressed"  # recorded alert that started no retrain (cooldown)
 
 
 def model_resource_id(model_name: str) -> str:

@@ -1,4 +1,4 @@
-"""Commands for the embedded stack: up, down, ui."""
+"""Commands for the whole loop: the embedded stack (up, down, ui), retrain, and the demo."""
 
 from __future__ import annotations
 
@@ -29,6 +29,47 @@ def register(app: typer.Typer) -> None:
         from flows.demo import run_demo
 
         run_demo(keep=keep, echo=typer.echo)
+
+    @app.command("retrain")
+    def retrain_command() -> None:
+        """Retrain now, as the drift alert would: new data version with the feedback labels, fine-tune the
+        champion (retrain.strategy), register, gate. Runs the `retrain` Prefect flow in this process."""
+        from flows.retrain import retrain
+
+        result = retrain(trigger="cli")
+        typer.echo(result)
+
+    @app.command("alert")
+    def alert_command(
+        severity: str = typer.Option("warning", help="none | warning | critical (critical overrides the cooldown)."),
+        reason: str = typer.Option("raised by hand", help="Why, for the record."),
+    ) -> None:
+        """Raise a drift alert by hand, exactly as `monitor` does: recorded, and the retrain event emitted unless
+        the cooldown or a running retrain suppresses it. Needs a Prefect server (PREFECT_API_URL or `up`)."""
+        from prefect.events.worker import EventsWorker
+
+        from tasks.alerts import raise_drift_alert
+        from visionloop.settings import Settings
+
+        settings = Settings.load()
+        payload = {"drift": True, "severity": severity, "reason": reason, "model_name": settings.model_name}
+        decision = raise_drift_alert.fn(settings, payload)
+        EventsWorker.drain_all()
+        typer.echo(f"alert {decision.alert_id}: {decision.action} ({decision.reason})")
+
+    @app.command("alerts")
+    def alerts_command(limit: int = typer.Option(20, help="How many, newest first.")) -> None:
+        """Show the recorded drift alerts and what was done about each."""
+        from visionloop.healing import AlertLog
+        from visionloop.settings import Settings
+
+        settings = Settings.load()
+        table = AlertLog(settings.db_url).history(settings.model_name, limit=limit)
+        if table.empty:
+            typer.echo("no alerts recorded")
+            return
+        columns = ["created_at", "severity", "action", "reason", "outcome"]
+        typer.echo(table[columns].to_string(index=False))
 
     @app.command("down")
     def down_command() -> None:
