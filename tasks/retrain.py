@@ -61,7 +61,12 @@ def register_challenger(settings: Settings, workspace: RetrainWorkspace, metrics
     return retrain.register_challenger(settings, workspace, metrics, trigger)
 
 
-@task(name="promotion gate", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def _transient(task, task_run, state) -> bool:
+    """Retry MLflow hiccups, not the registry's own refusals (nothing to promote, no champion...)."""
+    return not isinstance(state.result(raise_on_failure=False), registry.RegistryError)
+
+
+@task(name="promotion gate", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def promote(settings: Settings, trigger: str, candidate_version: str | None = None) -> PromotionRecord:
     """Champion vs challenger on the frozen gate set; promote only a clear, safe win."""
     return registry.promote(settings, trigger=trigger, candidate_version=candidate_version)

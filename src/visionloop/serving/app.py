@@ -41,6 +41,7 @@ from visionloop.data import TOO_LARGE, InvalidImage, validate_image_bytes
 from visionloop.predlog import PendingPredictions, PredictionLog, PredictionLogWriter
 from visionloop.seams import LINEAGE_TAGS
 from visionloop.serving.batcher import MicroBatcher, NoModelLoaded, Overloaded
+from visionloop.serving.labeling import labeling_router
 from visionloop.serving.reload import ModelManager
 from visionloop.serving.sources import ModelSource
 
@@ -457,6 +458,8 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
         def index() -> FileResponse:
             return FileResponse(STATIC_DIR / "index.html")
 
+    # /label, /label/review and /metrics/labeling: the labeling queue and the review of disputed labels
+    app.include_router(labeling_router(settings, lambda: writer.log, manager.current))
     return app
 
 

@@ -1,0 +1,96 @@
+// The review page: confirm or correct disputed training labels; apply corrections as one new snapshot.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  let classes = [];
+  let pending = 0;
+  const urls = [];
+
+  function setStatus(text, kind = "") {
+    $("status").textContent = text;
+    $("status").className = "status " + kind;
+  }
+
+  function refreshApply() {
+    $("apply").disabled = pending === 0;
+    $("apply").textContent = pending
+      ? "Apply " + pending + " correction" + (pending === 1 ? "" : "s") + " as a new data version"
+      : "No corrections to apply";
+  }
+
+  async function decide(card, suspect, decision, label) {
+    for (const control of card.querySelectorAll("button, select")) control.disabled = true;
+    try {
+      await vl.postJSON("/label/review/decisions", { sha256: suspect.sha256, decision, label });
+      card.classList.add("done");
+      card.querySelector(".outcome").textContent = decision === "confirm"
+        ? "kept " + suspect.given_label : "corrected to " + label;
+      if (decision === "correct") { pending += 1; refreshApply(); }
+    } catch (error) {
+      setStatus("Not saved: " + error.message, "error");
+      for (const control of card.querySelectorAll("button, select")) control.disabled = false;
+    }
+  }
+
+  function card(suspect) {
+    const img = vl.el("img", { alt: "training image " + suspect.path });
+    vl.imageInto(img, "/label/review/image/" + suspect.sha256).then((url) => urls.push(url));
+    const keep = vl.el("button", { type: "button", text: "Keep " + suspect.given_label });
+    const take = vl.el("button", { type: "button", class: "primary", text: "→ " + suspect.suggested_label });
+    const select = vl.el("select", { "aria-label": "another label" });
+    select.append(vl.el("option", { value: "", text: "other…" }));
+    for (const name of classes) {
+      if (name !== suspect.given_label) select.append(vl.el("option", { value: name, text: name }));
+    }
+    const node = vl.el("div", { class: "card suspect", "data-sha256": suspect.sha256 }, [
+      img,
+      vl.el("div", { class: "labels" }, [
+        vl.el("span", {}, ["given ", vl.el("b", { text: suspect.given_label })]),
+        vl.el("span", {}, ["model says ", vl.el("b", { text: suspect.suggested_label })]),
+      ]),
+      vl.el("div", { class: "muted", text: "p(given) " + (100 * suspect.self_confidence).toFixed(0) +
+        "% · p(suggested) " + (100 * suspect.suggested_confidence).toFixed(0) + "% · " + suspect.split }),
+      vl.el("div", { class: "row" }, [keep, take]),
+      vl.el("div", { class: "row" }, [select]),
+      vl.el("div", { class: "outcome muted" }),
+    ]);
+    keep.addEventListener("click", () => decide(node, suspect, "confirm"));
+    take.addEventListener("click", () => decide(node, suspect, "correct", suspect.suggested_label));
+    select.addEventListener("change", () => { if (select.value) decide(node, suspect, "correct", select.value); });
+    return node;
+  }
+
+  async function load() {
+    try {
+      const data = await (await vl.api("/label/review/items")).json();
+      classes = data.classes;
+      pending = data.pending_corrections.length;
+      $("model").textContent = "model v" + data.model_version;
+      $("summary").textContent = data.total_suspects + " suspected label errors, " + data.open +
+        " still to review, " + data.confirmed + " confirmed, " + pending + " corrections waiting.";
+      $("grid").replaceChildren(...data.items.map(card));
+      refreshApply();
+      document.body.dataset.state = "ready";
+    } catch (error) {
+      $("summary").textContent = "Could not load the review: " + error.message;
+      document.body.dataset.state = "error";
+    }
+  }
+
+  $("apply").addEventListener("click", async () => {
+    $("apply").disabled = true;
+    setStatus("Creating a new data snapshot…");
+    try {
+      const result = await (await vl.postJSON("/label/review/apply")).json();
+      setStatus("New data version " + result.data_version + ": " + result.n_relabeled + " relabeled in " +
+        result.snapshot, "ok");
+      pending = 0;
+      refreshApply();
+    } catch (error) {
+      setStatus("Not applied: " + error.message, "error");
+      refreshApply();
+    }
+  });
+  load();
+})();
