@@ -31,8 +31,8 @@ def configure_remote(settings: Settings) -> str:
 def commit_stages(settings: Settings, stages: list[str]) -> None:
     """Record the current outputs of ``stages`` in dvc.lock (the Prefect flow ran them without DVC)."""
     with _repo(settings) as repo:
-        for stage in stages:
-            repo.commit(stage, force=True)
+        for stage in stages:  # an absolute target: DVC resolves bare stage names against the cwd
+            repo.commit(f"{settings.root / 'dvc.yaml'}:{stage}", force=True)
 
 
 def add(settings: Settings, path: Path) -> str:
