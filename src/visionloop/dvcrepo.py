@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import chdir, contextmanager
 from pathlib import Path
 
 from visionloop.settings import Settings
@@ -12,11 +15,17 @@ def is_dvc_repo(root: Path) -> bool:
     return (root / ".dvc").is_dir()
 
 
-def _repo(settings: Settings):
+_CWD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _repo(settings: Settings) -> Iterator:
+    """The project's DVC repo, used from its root: DVC resolves targets against the working directory."""
     from dvc.repo import Repo
 
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(settings.state_dir / "dvc-site-cache"))
-    return Repo(str(settings.root))
+    with _CWD_LOCK, chdir(settings.root), Repo(str(settings.root)) as repo:
+        yield repo
 
 
 def configure_remote(settings: Settings) -> str:
@@ -31,8 +40,8 @@ def configure_remote(settings: Settings) -> str:
 def commit_stages(settings: Settings, stages: list[str]) -> None:
     """Record the current outputs of ``stages`` in dvc.lock (the Prefect flow ran them without DVC)."""
     with _repo(settings) as repo:
-        for stage in stages:  # an absolute target: DVC resolves bare stage names against the cwd
-            repo.commit(f"{settings.root / 'dvc.yaml'}:{stage}", force=True)
+        for stage in stages:
+            repo.commit(stage, force=True)
 
 
 def add(settings: Settings, path: Path) -> str:
