@@ -26,7 +26,7 @@ def drift_trigger(model_name: str) -> DeploymentEventTrigger:
         expect={DRIFT_EVENT},
         match={"prefect.resource.id": model_resource_id(model_name)},
         parameters={
-            "verdict": {"__prefect_kind": "json", "value": "{{ event.payload | tojson }}"},
+            "verdict": "{{ event.payload }}",  # a single expression keeps its type: the payload arrives as a dict
             "trigger": "drift-alert",
         },
     )

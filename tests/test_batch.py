@@ -25,6 +25,7 @@ from visionloop.batch import (
     shard_inputs,
 )
 from visionloop.bundle import ServableModel
+from visionloop.tracking import point_mlflow_at
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -320,7 +321,7 @@ def test_flow_with_two_shards_matches_the_single_process_call(tmp_path: Path, di
     name = yaml.safe_load((REPO / "params.yaml").read_text())["registry"]["model_name"]
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     experiment = client.create_experiment("batch-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    point_mlflow_at(settings.tracking_uri)
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_artifacts(str(digits.bundle / "bundle"), "bundle")
     client.create_registered_model(name)

@@ -34,6 +34,7 @@ from visionloop.registry import (
     rollback,
 )
 from visionloop.settings import Settings
+from visionloop.tracking import point_mlflow_at
 
 NORMALIZE = {"Normalize": {"mean": [0.5], "std": [0.5], "max_pixel_value": 255.0}}
 RESIZE = {"Resize": {"height": 16, "width": 16}}
@@ -153,7 +154,7 @@ def test_state_dict_reloads_into_the_lightning_module_and_predicts_like_the_serv
 
     settings = named(trained, "t-weights")
     version = register_run(settings, trained.good_run, trained.good_metrics, trigger="test").version
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    point_mlflow_at(settings.tracking_uri)
     bundle = Path(
         mlflow.artifacts.download_artifacts(run_id=trained.good_run, artifact_path="bundle", dst_path=str(tmp_path))
     )

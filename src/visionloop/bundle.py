@@ -111,11 +111,13 @@ def load_registered(model_uri: str, tracking_uri: str, destination: Path | None 
     import mlflow
     from mlflow import MlflowClient
 
+    from visionloop.tracking import point_mlflow_at
+
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name, alias, version = parse_model_uri(model_uri)
     mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     target = destination or Path(tempfile.mkdtemp(prefix=f"visionloop-{name}-v{mv.version}-"))
-    mlflow.set_tracking_uri(tracking_uri)
+    point_mlflow_at(tracking_uri)
     mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="bundle", dst_path=str(target))
     return ServableModel.from_dir(
         target, name=name, version=str(mv.version), tags=dict(mv.tags), aliases=list(mv.aliases or [])

@@ -24,6 +24,27 @@ def load_model(spec: str, settings: Settings) -> ServableModel:
     return ServableModel.from_dir(path, name=path.resolve().name, version="local")
 
 
+def champion_model(settings: Settings) -> ServableModel | None:
+    """The registry's champion, or None (with a note on stderr) when there is no registry or no champion."""
+    from mlflow.exceptions import MlflowException
+
+    from visionloop.bundle import load_registered
+    from visionloop.seams import CHAMPION
+
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        typer.echo("note: no model registry yet; image statistics only (use --model for more)", err=True)
+        return None
+    try:
+        model = load_registered(f"models:/{settings.model_name}@{CHAMPION}", uri)
+    except MlflowException as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        typer.echo(f"note: no champion of {settings.model_name} ({first_line}); image statistics only", err=True)
+        return None
+    typer.echo(f"note: using the champion {model.name} v{model.version} for embedding and output features", err=True)
+    return model
+
+
 def register(app: typer.Typer) -> None:
     @app.command("drift")
     def drift_command(
@@ -35,7 +56,10 @@ def register(app: typer.Typer) -> None:
             None,
             "--model",
             help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder: adds the model's reduced "
-            "embedding and outputs to the features. Without it: image statistics only.",
+            "embedding and outputs to the features. Default: the registry's champion, if there is one.",
+        ),
+        stats_only: bool = typer.Option(
+            False, "--stats-only", help="Image statistics only, even when there is a champion."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON (machine-readable)."),
         report: Path = typer.Option(None, "--report", help="Also write Evidently's HTML report to this file."),
@@ -49,7 +73,11 @@ def register(app: typer.Typer) -> None:
 
         settings = Settings.load()
         try:
-            servable = load_model(model, settings) if model else None
+            servable = None
+            if model:
+                servable = load_model(model, settings)
+            elif not stats_only:
+                servable = champion_model(settings)
             result = check_folders(reference, current, settings, model=servable)
         except (FileNotFoundError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)

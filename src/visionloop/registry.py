@@ -39,6 +39,7 @@ import pandas as pd
 
 from visionloop.seams import CHALLENGER, CHAMPION, LINEAGE_TAGS, PromotionRecord
 from visionloop.settings import Settings
+from visionloop.tracking import point_mlflow_at
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -188,8 +189,7 @@ def register_run(settings: Settings, run_id: str, metrics: dict[str, float], tri
     tags = {key: run.data.tags[key] for key in RUN_LINEAGE_TAGS if key in run.data.tags}
     tags["run_id"] = run_id
     tags.update({f"{METRIC_TAG_PREFIX}{k}": f"{float(v):.6g}" for k, v in metrics.items()})
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    point_mlflow_at(settings.tracking_uri)
     version = str(mlflow.register_model(f"runs:/{run_id}/model", name, tags=tags).version)
     client.set_registered_model_alias(name, CHALLENGER, version)
 
@@ -253,7 +253,7 @@ def run_test_metrics(settings: Settings, run_id: str) -> dict[str, float]:
         return metrics
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    point_mlflow_at(settings.tracking_uri)
     try:
         stored = mlflow.artifacts.load_dict(f"runs:/{run_id}/bundle/metrics.json")
     except Exception as error:

@@ -7,12 +7,31 @@ from typing import Any
 from visionloop.settings import Settings
 
 
+def point_mlflow_at(uri: str) -> None:
+    """Set MLflow's process-wide tracking and registry URI without touching the environment.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``; left there it
+    would override the project's own store for every later ``Settings`` in this process.
+    """
+    import os
+
+    import mlflow
+
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def use_tracking(settings: Settings, experiment_key: str = "experiment") -> str:
     """Point MLflow at the configured store; create the experiment if missing. Returns its id."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    point_mlflow_at(settings.tracking_uri)
     name = settings.section("mlflow")[experiment_key]
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
