@@ -1,0 +1,70 @@
+"""The monitor flow: champion → prediction window → drift check → report → performance on labels → alert."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, tags
+
+from tasks.alerts import raise_drift_alert
+from tasks.monitor import (
+    add_snapshot,
+    check_drift,
+    check_performance,
+    find_champion,
+    load_model,
+    log_report,
+    read_window,
+    save_report,
+)
+from visionloop.monitoring import alert_payload, new_output_dir
+from visionloop.settings import Settings
+
+
+@flow(name="monitor", log_prints=True)
+def monitor(
+    project_dir: str | None = None,
+    window: int | None = None,
+    since_minutes: float | None = None,
+    alert: bool = True,
+) -> dict[str, Any]:
+    """Watch the champion: its latest traffic (``window`` predictions, or those of the last ``since_minutes``)
+    against its reference profile, its labeled traffic against its training-time accuracy; on drift or
+    degradation raise the alert that may start a retrain."""
+    settings = Settings.load(project_dir)
+    since = datetime.now(UTC) - timedelta(minutes=since_minutes) if since_minutes is not None else None
+    name = settings.model_name
+    version = find_champion(settings)
+    if version is None:
+        print(f"nothing to monitor: {name} has no champion yet")
+        return {"status": "no_model", "message": f"{name} has no champion yet", "alert": None, "alert_raised": False}
+    with tags(f"model:{name}", f"version:{version}"):
+        champion = load_model(settings, f"models:/{name}/{version}")
+        frame = read_window(settings, champion, window, since)
+        result = check_drift(settings, champion, frame)
+        print(result.message)
+        if result.verdict is not None:
+            result.out_dir = new_output_dir(settings)
+            result.files = save_report(settings, champion, frame, result, result.out_dir)
+            result.mlflow_run_id = log_report(settings, result, result.files)
+            result.evidently_snapshot_id = add_snapshot(settings, result)
+            print(f"report: {result.files['index']}")
+        performance_dir = result.out_dir / "performance" if result.out_dir else None
+        result.performance = check_performance(settings, champion, performance_dir)
+        print(result.performance.message)
+        payload = alert_payload(result, result.performance)
+        decision = raise_drift_alert(settings, payload) if payload and alert else None
+    if decision is not None:
+        print(f"alert raised ({payload['severity']}, {payload['cause']}): {decision.action}, {decision.reason}")
+    return {
+        **result.to_dict(),
+        "alert": payload,
+        "alert_raised": decision is not None,
+        "alert_action": decision.action if decision else None,
+        "alert_id": decision.alert_id if decision else None,
+    }
+
+
+if __name__ == "__main__":
+    monitor()
