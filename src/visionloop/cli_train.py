@@ -23,13 +23,22 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"run {result.run_id}: best val/acc {result.best_val_acc:.4f}, bundle in {result.out_dir}")
 
     @app.command("evaluate")
-    def evaluate_command() -> None:
+    def evaluate_command(
+        slices: bool = typer.Option(False, "--slices", help="Also accuracy per slice (class, image-statistic "
+                                    "bins, manifest metadata), flagging slices significantly below overall."),
+    ) -> None:
         """Score the trained model on the test split; write metrics.json and DVC plots; log to MLflow."""
-        from visionloop.pipeline import evaluate_step
+        from visionloop.pipeline import evaluate_step, slices_step
         from visionloop.settings import Settings
 
-        metrics = evaluate_step(Settings.load()).metrics()
+        settings = Settings.load()
+        metrics = evaluate_step(settings).metrics()
         typer.echo("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if slices:
+            table, plot = slices_step(settings)
+            columns = ["column", "slice", "n", "accuracy", "ci_low", "ci_high", "flagged"]
+            typer.echo(table[[c for c in columns if c in table.columns]].to_string(index=False))
+            typer.echo(f"plot: {plot}")
 
     @app.command("register")
     def register_command() -> None:

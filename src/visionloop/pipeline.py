@@ -51,6 +51,35 @@ def evaluate_step(settings: Settings, model_dir: Path | None = None):
     )
 
 
+def slices_step(settings: Settings, model_dir: Path | None = None) -> tuple[Any, Path]:
+    """Accuracy per slice of the trained model on the test split (`evaluate --slices`), logged to its run."""
+    import mlflow
+    import pandas as pd
+
+    from visionloop.bundle import ServableModel
+    from visionloop.data import RESERVED_COLUMNS, read_manifest
+    from visionloop.datamodule import load_images
+    from visionloop.performance import slice_report
+    from visionloop.seams import BUNDLE_FILES
+    from visionloop.tracking import use_tracking
+
+    model_dir = model_dir or settings.path(MODEL_DIR)
+    model = ServableModel.from_dir(model_dir, name=settings.model_name, version="trained")
+    manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    meta = test[[c for c in test.columns if c not in RESERVED_COLUMNS]]
+    reference = pd.read_parquet(model_dir / BUNDLE_FILES["reference_profile"])
+    table, plot = slice_report(settings, model, load_images(test["abs_path"].tolist()), test["label"].tolist(),
+                               meta if len(meta.columns) else None, reference=reference,
+                               out_dir=settings.path(PLOTS_DIR) / "slices")
+    run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
+    use_tracking(settings)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifacts(str(plot.parent), artifact_path="evaluation/slices")
+        mlflow.log_metric("test/n_flagged_slices", float(table["flagged"].sum()))
+    return table, plot
+
+
 def register_step(settings: Settings, trigger: str = "cli", model_dir: Path | None = None) -> dict[str, Any]:
     """Register the trained run's model; the first good one becomes champion."""
     from visionloop.registry import register_run

@@ -6,11 +6,12 @@ A slice is a value of a slice column: a class (``label``), a bin of an image sta
 (``brightness`` = ``dark`` / ``normal`` / ``bright``, cut at the tertiles of a reference set) or a
 value of a metadata column a manifest provides (``source``, ``device``, ``site``).
 
-**Flagging.** Each slice gets a two-sided Wilson score interval for its accuracy at ``confidence``.
-A slice is *flagged* when the upper bound of its interval is below the overall accuracy: even the
-optimistic end of what the slice's data allow is worse than the model as a whole. This is a
-one-sided test at level ``(1 - confidence) / 2`` per slice that treats the overall accuracy as
-known; it is not corrected for the number of slices, so read a flag as "look here", not as proof.
+**Flagging.** Each slice gets a two-sided Wilson score interval for its accuracy at ``confidence``
+(shown as whiskers), and a one-sided Fisher exact test of "this slice is less accurate than the rest
+of the data". A slice is *flagged* when that p-value is below ``(1 - confidence)`` divided by the
+number of slices tested (Bonferroni), so on a model that is equally good everywhere the chance of
+any false flag is at most ``1 - confidence``. One error in a small slice of a near-perfect model is
+not a flag; a slice that is clearly worse is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import fisher_exact
 
 from visionloop.features import IMAGE_STAT_COLUMNS, image_statistics
 
@@ -48,6 +50,7 @@ METRIC_COLUMNS = [
     "ci_low",
     "ci_high",
     "overall_accuracy",
+    "p_value",
     "flagged",
 ]
 COMPARISON_COLUMNS = [
@@ -168,10 +171,15 @@ def slice_metrics(
     n_all = len(frame)
     overall = float(correct.mean()) if n_all else float("nan")
     rows: list[dict[str, Any]] = []
+    k_all = int(correct.sum())
 
     def add(column: str, value: str, mask: np.ndarray) -> None:
         n, k = int(mask.sum()), int(correct[mask].sum())
         low, high = wilson_interval(k, n, confidence)
+        rest_n, rest_k = n_all - n, k_all - k
+        p_value = 1.0
+        if column != OVERALL and n and rest_n:
+            p_value = float(fisher_exact([[k, n - k], [rest_k, rest_n - rest_k]], alternative="less")[1])
         rows.append(
             {
                 "column": column,
@@ -182,7 +190,8 @@ def slice_metrics(
                 "ci_low": low,
                 "ci_high": high,
                 "overall_accuracy": overall,
-                "flagged": bool(column != OVERALL and n and high < overall),
+                "p_value": p_value,
+                "flagged": False,
             }
         )
 
@@ -192,7 +201,11 @@ def slice_metrics(
         values = _slice_values(frame, column)
         for value in sorted(values.unique(), key=_natural_key):
             add(column, value, (values == value).to_numpy())
-    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    tested = table["column"] != OVERALL
+    threshold = (1 - confidence) / max(1, int(tested.sum()))
+    table["flagged"] = tested & (table["p_value"] < threshold)
+    return table
 
 
 def compare_slices(
