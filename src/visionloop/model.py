@@ -75,6 +75,8 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if not 0 <= fine_tune_blocks <= len(widths):
+            raise ValueError(f"fine_tune_blocks must be between 0 and {len(widths)}, got {fine_tune_blocks}")
         self.save_hyperparameters()
         self.net = SmallCNN(num_classes, in_channels, list(widths), embedding_dim, dropout)
         self.metrics = nn.ModuleDict(
@@ -112,18 +114,18 @@ class ImageClassifier(pl.LightningModule):
             return
         trainable: list[nn.Module] = [self.net.head]
         if strategy == "fine_tuning":
-            trainable += [self.net.embed, *self.net.blocks[-self.hparams.fine_tune_blocks :]]
+            first_unfrozen = len(self.net.blocks) - self.hparams.fine_tune_blocks
+            trainable += [self.net.embed, *self.net.blocks[first_unfrozen:]]
         for module in trainable:
             for p in module.parameters():
                 p.requires_grad = True
 
-    def train(self, mode: bool = True) -> ImageClassifier:
-        super().train(mode)
-        if mode and self.hparams.strategy == "feature_extraction":
-            # A frozen backbone keeps its BatchNorm statistics too.
+    def on_train_epoch_start(self) -> None:
+        # Lightning switches the whole module to train mode before each epoch; a frozen backbone must also keep
+        # its BatchNorm statistics, or feature extraction would silently re-estimate them on the new data.
+        if self.hparams.strategy == "feature_extraction":
             self.net.blocks.eval()
             self.net.embed.eval()
-        return self
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
