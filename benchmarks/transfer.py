@@ -16,8 +16,8 @@ drift is the demo's: ``corruptions.new_camera`` at severity 2 (blur, washed-out 
   ``fine_tuning`` (the last ``train.fine_tune_blocks`` conv blocks + embedding + head), ``full`` (all
   weights, starting from the champion) and, as a reference, ``scratch`` (the same network freshly
   initialised, all weights). ``feature_extraction+bn`` is feature_extraction with the backbone's
-  BatchNorm layers left in train mode, so their statistics are re-estimated on the new images — what
-  ``train.train`` actually runs today, because Lightning never calls ``ImageClassifier.train()``.
+  BatchNorm layers left in train mode, so their statistics are re-estimated on the new images (the
+  library keeps them frozen in ``ImageClassifier.on_train_epoch_start``; this variant skips that hook).
   ``mixed`` is what the retrain flow does: fine_tuning on the clean train split plus the N drifted
   images together.
 * **Budget**: the same number of optimisation steps for every strategy (``--steps``, default 200,
@@ -166,12 +166,8 @@ def train_once(settings: Settings, base, classes: list[str], rows: pd.DataFrame,
     started = time.perf_counter()
     model = build_classifier(run_settings, classes, None if strategy == "scratch" else base,
                              LIBRARY_STRATEGY.get(strategy, strategy))
-    # Lightning 2.6 never calls .train() before fit, so ImageClassifier.train's frozen-BatchNorm rule for
-    # feature_extraction only applies if we call it (a no-op for the other strategies).
-    model.train()
-    if strategy == FE_ADAPTIVE_BN:  # what the library does today without that call: BN statistics keep adapting
-        model.net.blocks.train()
-        model.net.embed.train()
+    if strategy == FE_ADAPTIVE_BN:  # skip the hook that keeps the frozen backbone's BatchNorm in eval mode
+        model.on_train_epoch_start = lambda: None
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", deterministic=True, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,

@@ -22,7 +22,7 @@ from visionloop.settings import Settings
 from visionloop.stack import up
 
 DRIFT = ("new_camera", 2)  # blur + washed-out contrast + noise: ~17 % accuracy for a clean-trained v1
-LABELED_SHARE = 0.7  # feedback arrives for this share of drifted traffic; the rest is held out
+FEEDBACK_SPLIT = "val"  # drifted traffic from these images gets feedback labels; the test images' stays held out
 
 
 @dataclass
@@ -129,16 +129,23 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
         v1_clean = accuracy(predict_all(client, clean_images), clean_labels)
         log(f"clean traffic: {len(clean_images)} requests, v{v1} accuracy {v1_clean:.3f}")
 
-        pool = manifest[manifest["split"].isin(["val", "test"])].sample(frac=1.0, random_state=7)
+        # Drifted traffic: the val and test images through the new camera, interleaved. Feedback arrives for the
+        # val ones; the test ones are never labeled, so v2 is judged on images it never saw in any form.
+        pool = manifest[manifest["split"].isin([FEEDBACK_SPLIT, "test"])].sample(frac=1.0, random_state=7)
         drifted = corrupt([load_image(p) for p in pool["abs_path"]], *DRIFT, seed=7)
         drift_labels = pool["label"].tolist()
-        n_labeled = int(len(drifted) * LABELED_SHARE)
+        with_feedback = (pool["split"] == FEEDBACK_SPLIT).to_numpy()
         answers = predict_all(client, drifted)
-        for answer, label in zip(answers[:n_labeled], drift_labels[:n_labeled], strict=True):
-            client.post("/feedback", json={"prediction_id": answer["prediction_id"], "label": label}).raise_for_status()
-        v1_drift = accuracy(answers[n_labeled:], drift_labels[n_labeled:])
-        log(f"drifted traffic ({DRIFT[0]}, severity {DRIFT[1]}): {len(drifted)} requests, feedback for {n_labeled}; "
-            f"v{v1} accuracy on the held-out {len(drifted) - n_labeled}: {v1_drift:.3f}")
+        for answer, label, labeled in zip(answers, drift_labels, with_feedback, strict=True):
+            if labeled:
+                client.post("/feedback", json={"prediction_id": answer["prediction_id"], "label": label}
+                            ).raise_for_status()
+        held_out = [image for image, labeled in zip(drifted, with_feedback, strict=True) if not labeled]
+        held_out_labels = [label for label, labeled in zip(drift_labels, with_feedback, strict=True) if not labeled]
+        v1_drift = accuracy([a for a, labeled in zip(answers, with_feedback, strict=True) if not labeled],
+                            held_out_labels)
+        log(f"drifted traffic ({DRIFT[0]}, severity {DRIFT[1]}): {len(drifted)} requests, feedback for "
+            f"{int(with_feedback.sum())}; v{v1} accuracy on the held-out {len(held_out)}: {v1_drift:.3f}")
         rows.append({"version": v1, "clean": v1_clean, "drifted": v1_drift, "how": "training flow (demo)"})
 
         since = datetime.now(UTC)
@@ -153,8 +160,7 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
             log("the gate refused the challenger; v1 stays champion (see `visionloop registry history`)")
             return rows
         wait_for_version(client, champion)
-        held_out = drifted[n_labeled:]
-        v2_drift = accuracy(predict_all(client, held_out), drift_labels[n_labeled:])
+        v2_drift = accuracy(predict_all(client, held_out), held_out_labels)
         v2_clean = accuracy(predict_all(client, clean_images), clean_labels)
         log(f"serving v{champion}: accuracy clean {v2_clean:.3f}, held-out drifted {v2_drift:.3f}")
         rows.append({"version": champion, "clean": v2_clean, "drifted": v2_drift,

@@ -1,4 +1,5 @@
-"""The monitor flow: champion → prediction window → drift check → report → performance on labels → alert."""
+"""The monitor flow: champion → prediction window → drift check → report → performance on labels → alert →
+labeling queue."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tasks.monitor import (
     find_champion,
     load_model,
     log_report,
+    queue_for_labeling,
     read_window,
     save_report,
 )
@@ -38,7 +40,8 @@ def monitor(
     version = find_champion(settings)
     if version is None:
         print(f"nothing to monitor: {name} has no champion yet")
-        return {"status": "no_model", "message": f"{name} has no champion yet", "alert": None, "alert_raised": False}
+        return {"status": "no_model", "message": f"{name} has no champion yet", "alert": None, "alert_raised": False,
+                "labeling": None}
     with tags(f"model:{name}", f"version:{version}"):
         champion = load_model(settings, f"models:/{name}/{version}")
         frame = read_window(settings, champion, window, since)
@@ -55,6 +58,12 @@ def monitor(
         print(result.performance.message)
         payload = alert_payload(result, result.performance)
         decision = raise_drift_alert(settings, payload) if payload and alert else None
+        drifted = result.verdict.drifted_features if result.verdict is not None else []
+        queue_state = queue_for_labeling(settings, drifted, return_state=True)
+        # The queue is a help for people, never a reason to lose the check or the alert.
+        queued = queue_state.result().to_dict() if queue_state.is_completed() else None
+        print(f"labeling queue: {queued['total_queued']} images queued from {queued['examined']} new predictions"
+              if queued else f"labeling queue not updated: {queue_state.message}")
     if decision is not None:
         print(f"alert raised ({payload['severity']}, {payload['cause']}): {decision.action}, {decision.reason}")
     return {
@@ -63,6 +72,7 @@ def monitor(
         "alert_raised": decision is not None,
         "alert_action": decision.action if decision else None,
         "alert_id": decision.alert_id if decision else None,
+        "labeling": queued,
     }
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from visionloop import monitoring, performance
+from visionloop import labeling, monitoring, performance
 from visionloop.monitoring import MonitoredModel, MonitorResult
 from visionloop.performance import PerformanceResult
 from visionloop.settings import Settings
@@ -65,3 +65,10 @@ def add_snapshot(settings: Settings, result: MonitorResult) -> str:
 def check_performance(settings: Settings, monitored: MonitoredModel, out_dir: Path | None) -> PerformanceResult:
     """Training-time metrics on the labeled predictions; logged to MLflow when there are enough labels."""
     return performance.monitor_performance(settings, monitored.model, out_dir=out_dir)
+
+
+@task(name="queue images for labeling", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def queue_for_labeling(settings: Settings, drifted_features: list[str]) -> labeling.EnqueueResult:
+    """The labeling queue's sampling rules over the predictions logged since the last scan."""
+    result, _ = labeling.enqueue_with_registry(settings, drifted_features=drifted_features)
+    return result

@@ -280,6 +280,10 @@ def test_monitor_flow_raises_the_alert_on_drift(settings: Settings, champion, cl
     history = AlertLog(settings.db_url).history(settings.model_name)
     assert len(history) == 1 and history.iloc[0]["id"] == outcome["alert_id"]
     assert json.loads(history.iloc[0]["payload"])["drifted_features"] == outcome["alert"]["drifted_features"]
+    # The drifted traffic feeds the labeling queue; a second run queues nothing twice.
+    assert outcome["labeling"]["examined"] == 50 and outcome["labeling"]["queued"]["drift"] > 0
+    again = monitor(project_dir=str(settings.root), since_minutes=10, alert=False)
+    assert again["labeling"]["total_queued"] == 0
 
 
 def test_monitor_and_drift_commands(settings: Settings, champion, clean, fresh_log: Path, monkeypatch) -> None:

@@ -141,8 +141,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Accuracy per slice: per class, per bin of brightness/contrast/sharpness, per metadata column.
 
-        A slice is flagged when even the upper end of its 95 % Wilson interval is below the overall
-        accuracy. Table and plot are logged to MLflow's monitoring experiment.
+        A slice is flagged when a one-sided Fisher exact test says it is less accurate than the rest
+        (Bonferroni over the slices, 5 % family-wise). Table and plot are logged to MLflow's monitoring experiment.
         """
         from visionloop.monitoring import NoModelToMonitor
         from visionloop.performance import load_labeled, log_slice_report, slice_report
