@@ -118,6 +118,11 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
         v1 = trained["registration"]["version"]
         log(f"trained v{v1} on data {trained['data_version']}: test accuracy {trained['metrics']['accuracy']:.4f}, "
             f"aliases {trained['registration']['aliases']}")
+        if "champion" not in trained["registration"]["aliases"]:  # a project that ran the demo before
+            from visionloop.registry import assign_champion
+
+            record = assign_champion(settings, v1, "the demo starts its story from a freshly trained model", "demo")
+            log(f"{record.reason} (undo: `visionloop rollback`)")
 
         client = httpx.Client(base_url=urls.serve, timeout=60)
         wait_for_version(client, v1)

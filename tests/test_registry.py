@@ -232,6 +232,15 @@ def test_better_challenger_is_promoted_worse_refused_and_rollback_restores(train
     assert [(v["version"], v["aliases"]) for v in listed] == [("3", ["challenger"]), ("2", []), ("1", ["champion"])]
     assert cli.invoke(app, ["registry", "history"]).exit_code == 0
 
+    # A person's override skips the gate, is recorded with the reason, and rollback walks back over it.
+    result = cli.invoke(app, ["registry", "set-champion", "3", "--reason", "known good", "--json"])
+    assert result.exit_code == 0, result.output
+    assigned = json.loads(result.output)
+    assert (assigned["decision"], assigned["from_version"], assigned["to_version"]) == ("assigned", "1", "3")
+    assert "known good" in assigned["reason"] and aliases(settings) == {"champion": "3"}
+    assert rollback(settings, trigger="test").to_version == "1"
+    assert cli.invoke(app, ["registry", "set-champion", "99", "--reason", "typo"]).exit_code != 0
+
 
 def test_a_challenger_that_cannot_load_or_predict_is_refused(trained, tmp_path):
     from mlflow import MlflowClient

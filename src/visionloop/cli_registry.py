@@ -1,4 +1,4 @@
-"""Registry commands: ``promote``, ``rollback``, ``registry list``, ``registry history``, ``registry register``.
+"""Registry commands: ``promote``, ``rollback``, ``registry list``, ``history``, ``register``, ``set-champion``.
 
 Heavy imports (MLflow, torch) happen inside the commands so ``visionloop --help`` stays fast.
 """
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from visionloop.seams import PromotionRecord
 
-DECISION_STYLE = {"promoted": "green", "initial": "green", "rollback": "yellow", "refused": "red"}
+DECISION_STYLE = {"promoted": "green", "initial": "green", "rollback": "yellow", "assigned": "yellow", "refused": "red"}
 
 
 def _console() -> Console:
@@ -125,6 +125,29 @@ def register(app: typer.Typer) -> None:
             record = rollback(Settings.load(), trigger=trigger)
         except RegistryError as error:
             _fail(str(error))
+        if as_json:
+            typer.echo(json.dumps(record.to_dict(), indent=2))
+        else:
+            _show_record(_console(), record)
+
+    @registry_app.command("set-champion")
+    def set_champion_command(
+        version: str = typer.Argument(..., help="The registered version to serve."),
+        reason: str = typer.Option(..., "--reason", help="Why, in words (recorded in the history)."),
+        trigger: str = typer.Option("cli", help="Who asked (recorded in the history)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+    ) -> None:
+        """Make VERSION the champion without the gate: a person's override, recorded with the reason.
+
+        Serving follows the alias and hot-reloads; `visionloop rollback` undoes it.
+        """
+        from visionloop.registry import assign_champion
+        from visionloop.settings import Settings
+
+        try:
+            record = assign_champion(Settings.load(), version, reason, trigger=trigger)
+        except Exception as error:  # noqa: BLE001 - e.g. no such version: say so, no traceback
+            _fail(str(error).splitlines()[0])
         if as_json:
             typer.echo(json.dumps(record.to_dict(), indent=2))
         else:

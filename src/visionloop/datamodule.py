@@ -35,8 +35,8 @@ def stratified_subset(frame: pd.DataFrame, fraction: float, seed: int) -> pd.Dat
     """A per-class fraction of rows (at least one per class), for quick runs and tests."""
     if fraction >= 1.0:
         return frame
-    return frame.groupby("label", group_keys=False).apply(
-        lambda g: g.sample(max(1, round(len(g) * fraction)), random_state=seed)
+    return pd.concat(
+        group.sample(max(1, round(len(group) * fraction)), random_state=seed) for _, group in frame.groupby("label")
     )
 
 

@@ -784,7 +784,7 @@ def champion_stack(records: list[PromotionRecord]) -> list[str]:
     for record in reversed(records):
         if record.to_version is None:
             continue
-        if record.decision in ("initial", "promoted"):
+        if record.decision in ("initial", "promoted", "assigned"):
             stack.append(record.to_version)
         elif record.decision == "rollback":
             if stack and stack[-1] == record.from_version:
@@ -834,6 +834,38 @@ def rollback(settings: Settings, trigger: str = "cli") -> PromotionRecord:
             metrics={
                 "champion": versions.get(current, {}).get("metrics", {}),
                 "challenger": versions.get(target, {}).get("metrics", {}),
+            },
+        )
+        _log_record(client, settings, record, None)
+    return record
+
+
+def assign_champion(settings: Settings, version: str, reason: str, trigger: str = "cli") -> PromotionRecord:
+    """Make ``version`` the champion without the gate — a person's decision, recorded with their reason.
+
+    For what the gate cannot know (a known-bad champion, a fresh start); rollback walks back over it too.
+    """
+    client = _client(settings)
+    name = settings.model_name
+    with registry_lock(settings):
+        client.get_model_version(name, version)  # fails clearly for a version that does not exist
+        aliases = _aliases(client, name)
+        current = aliases.get(CHAMPION)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if aliases.get(CHALLENGER) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        versions = {v["version"]: v for v in list_versions(settings) if v["version"] in (current, version)}
+        record = PromotionRecord(
+            model_name=name,
+            decision="assigned",
+            from_version=current,
+            to_version=version,
+            candidate_version=version,
+            reason=f"assigned by hand: champion moved from {_v(current)} to v{version} without the gate ({reason})",
+            trigger=trigger,
+            metrics={
+                "champion": versions.get(current, {}).get("metrics", {}),
+                "challenger": versions.get(version, {}).get("metrics", {}),
             },
         )
         _log_record(client, settings, record, None)

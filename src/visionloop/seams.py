@@ -147,7 +147,7 @@ def model_resource_id(model_name: str) -> str:
 
 # --- 7. promotion record -----------------------------------------------------------------------
 
-Decision = Literal["promoted", "refused", "rollback", "initial"]
+Decision = Literal["promoted", "refused", "rollback", "initial", "assigned"]  # assigned: by hand, no gate
 
 
 @dataclass
