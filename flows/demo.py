@@ -127,6 +127,7 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
         client = httpx.Client(base_url=urls.serve, timeout=60)
         wait_for_version(client, v1)
         log(f"serving v{v1}")
+        serving_since = log.events[-1][0]
 
         manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
         test = manifest[manifest["split"] == "test"]
@@ -151,7 +152,8 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
                             held_out_labels)
         log(f"drifted traffic ({DRIFT[0]}, severity {DRIFT[1]}): {len(drifted)} requests, feedback for "
             f"{int(with_feedback.sum())}; v{v1} accuracy on the held-out {len(held_out)}: {v1_drift:.3f}")
-        rows.append({"version": v1, "clean": v1_clean, "drifted": v1_drift, "how": "training flow (demo)"})
+        rows.append({"version": v1, "clean": v1_clean, "drifted": v1_drift, "how": "training flow (demo)",
+                     "serving_since": serving_since})
 
         since = datetime.now(UTC)
         monitor_run = run_deployment("monitor/monitor", parameters={"project_dir": str(settings.root)}, timeout=300)
@@ -165,10 +167,12 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
             log("the gate refused the challenger; v1 stays champion (see `visionloop registry history`)")
             return rows
         wait_for_version(client, champion)
+        log(f"serving v{champion}")
+        serving_since = log.events[-1][0]
         v2_drift = accuracy(predict_all(client, held_out), held_out_labels)
         v2_clean = accuracy(predict_all(client, clean_images), clean_labels)
-        log(f"serving v{champion}: accuracy clean {v2_clean:.3f}, held-out drifted {v2_drift:.3f}")
-        rows.append({"version": champion, "clean": v2_clean, "drifted": v2_drift,
+        log(f"the same traffic again: v{champion} accuracy clean {v2_clean:.3f}, held-out drifted {v2_drift:.3f}")
+        rows.append({"version": champion, "clean": v2_clean, "drifted": v2_drift, "serving_since": serving_since,
                      "how": f"drift alert → automation → retrain ({retrain_run.name})"})
         return rows
     finally:
@@ -181,10 +185,11 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
 
 def print_summary(rows: list[dict], log: Timeline, urls, settings: Settings) -> None:
     echo = log.echo
-    echo("\n version | accuracy clean | accuracy drifted (held out) | how it got there")
-    echo(" ------- | -------------- | --------------------------- | ----------------")
+    echo("\n version | serving from | accuracy clean | accuracy drifted (held out) | how it got there")
+    echo(" ------- | ------------ | -------------- | --------------------------- | ----------------")
     for row in rows:
-        echo(f" v{row['version']:<6} | {row['clean']:14.3f} | {row['drifted']:27.3f} | {row['how']}")
+        echo(f" v{row['version']:<6} | {row['serving_since']:10.0f} s | {row['clean']:14.3f} | "
+             f"{row['drifted']:27.3f} | {row['how']}")
     echo(f"\nTook {time.monotonic() - log.start:.0f} s. Browse it: `visionloop up`, then Prefect {urls.prefect_ui} "
          f"(flow runs, the retrain automation), MLflow {urls.mlflow} (runs, registry '{settings.model_name}'), "
          f"Evidently {urls.evidently} (drift over time).")
