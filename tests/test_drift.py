@@ -275,10 +275,13 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def cli(monkeypatch):
+def cli(monkeypatch, tmp_path_factory):
     from visionloop.cli import app
 
     monkeypatch.setenv("VISIONLOOP_PROJECT_DIR", str(REPO))
+    # A registry of its own (empty): the repo's, after `make demo`, would add its champion's features.
+    monkeypatch.setenv("VISIONLOOP_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runner = CliRunner()
     return lambda *args: runner.invoke(app, ["drift", *map(str, args)])
 
@@ -331,4 +334,4 @@ def test_cli_errors_exit_non_zero(cli, folders, tmp_path: Path) -> None:
     missing = cli(tmp_path / "nowhere", folders["same"])
     assert missing.exit_code != 0 and "not a directory" in missing.output
     empty = cli(folders["reference"], write_images(tmp_path / "empty", []))
-    assert empty.exit_code != 0 and "rows on both sides" in empty.output
+    assert empty.exit_code != 0 and "no readable image" in empty.output

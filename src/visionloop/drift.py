@@ -506,12 +506,17 @@ def check_folders(
         "max_pixels": int(data["max_pixels"]),
     }
     current_images, refused = load_folder(current, **limits)
+    if not current_images:
+        raise ValueError(f"no readable image in {current} ({len(refused)} refused): drift needs images on both sides")
     reference_path = Path(reference)
     if reference_path.is_file() and reference_path.suffix == ".parquet":
         reference_frame = pd.read_parquet(reference_path)
         current_frame = _current_features(current_images, model)
     else:
         reference_images, refused_ref = load_folder(reference_path, **limits)
+        if not reference_images:
+            raise ValueError(f"no readable image in {reference_path} ({len(refused_ref)} refused): "
+                             "drift needs images on both sides")
         refused = refused_ref + refused
         reference_frame, current_frame = folder_features(
             reference_images, current_images, model, int(monitoring.get("embedding_components", 4))
