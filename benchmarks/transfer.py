@@ -18,8 +18,9 @@ drift is the demo's: ``corruptions.new_camera`` at severity 2 (blur, washed-out 
   initialised, all weights). ``feature_extraction+bn`` is feature_extraction with the backbone's
   BatchNorm layers left in train mode, so their statistics are re-estimated on the new images (the
   library keeps them frozen in ``ImageClassifier.on_train_epoch_start``; this variant skips that hook).
-  ``mixed`` is what the retrain flow does: fine_tuning on the clean train split plus the N drifted
-  images together.
+  ``mixed`` is fine_tuning on the clean train split plus the N drifted images together;
+  ``mixed+weighted`` is what the retrain flow does: the same, with the drifted images drawn
+  ``retrain.origin_weights.production`` times as often (``ImageDataModule.origin_weights``).
 * **Budget**: the same number of optimisation steps for every strategy (``--steps``, default 200,
   batch 32): epochs = round(steps / batches per epoch), so N=25 → 200 epochs of 1 step, N=400 → 15 of
   13, mixed → 4-5 epochs over ~1,300-1,700 images (the retrain flow's ``retrain.epochs`` is 6). The
@@ -56,8 +57,11 @@ from visionloop.settings import Settings, apply_offline_environment
 SIZES = (25, 100, 400)
 FE_ADAPTIVE_BN = "feature_extraction+bn"  # frozen weights, BatchNorm statistics re-estimated on the new data
 STRATEGIES = ("feature_extraction", FE_ADAPTIVE_BN, "fine_tuning", "full", "scratch")
-MIXED = "mixed"  # fine_tuning on clean train + the N drifted images (the retrain flow's data)
-LIBRARY_STRATEGY = {FE_ADAPTIVE_BN: "feature_extraction", "scratch": "full", MIXED: "fine_tuning"}
+MIXED = "mixed"  # fine_tuning on clean train + the N drifted images, drawn as often as the clean ones
+MIXED_WEIGHTED = "mixed+weighted"  # the same, drifted images drawn retrain.origin_weights.production times as often
+MIXES = (MIXED, MIXED_WEIGHTED)
+LIBRARY_STRATEGY = {FE_ADAPTIVE_BN: "feature_extraction", "scratch": "full", MIXED: "fine_tuning",
+                    MIXED_WEIGHTED: "fine_tuning"}
 CORRUPTION, SEVERITY = "new_camera", 2
 BATCH_SIZE = 32
 TRAIN_CORRUPTION_SEED, TEST_CORRUPTION_SEED = 1, 2
@@ -146,7 +150,7 @@ def epochs_for(n_images: int, steps: int) -> tuple[int, int]:
 
 
 def train_once(settings: Settings, base, classes: list[str], rows: pd.DataFrame, strategy: str, seed: int,
-               steps: int):
+               steps: int, origin_weights: dict[str, float] | None = None):
     """Train one configuration; return the network and the wall seconds it took."""
     import pytorch_lightning as pl
     import torch
@@ -160,7 +164,7 @@ def train_once(settings: Settings, base, classes: list[str], rows: pd.DataFrame,
                             params=deep_merge(settings.params, {"train": {"epochs": epochs, "batch_size": BATCH_SIZE}}))
     datamodule = ImageDataModule(
         rows.assign(split="train"), classes, settings.section("augment")["train"], settings.section("augment")["eval"],
-        batch_size=BATCH_SIZE, num_workers=0, seed=seed,
+        batch_size=BATCH_SIZE, num_workers=0, seed=seed, origin_weights=origin_weights,
     )
     pl.seed_everything(seed, workers=True, verbose=False)
     started = time.perf_counter()
@@ -195,7 +199,7 @@ def score(model_net, champion, pools: Pools) -> tuple[float, float]:
 
 
 def run(settings: Settings, model_dir: Path, sizes: list[int], seeds: int, steps: int, mix: bool,
-        workdir: Path) -> tuple[list[RunResult], tuple[float, float]]:
+        workdir: Path, only: list[str] | None, production_weight: float) -> tuple[list[RunResult], tuple[float, float]]:
     import torch
 
     from visionloop.bundle import ServableModel
@@ -210,15 +214,19 @@ def run(settings: Settings, model_dir: Path, sizes: list[int], seeds: int, steps
     pools = build_pools(settings, model_dir, workdir)
     baseline = score(champion.network, champion, pools)
     print(f"champion: drifted test {baseline[0]:.3f}, clean test {baseline[1]:.3f}", file=sys.stderr)
-    strategies = [*STRATEGIES, *([MIXED] if mix else [])]
+    strategies = [s for s in (*STRATEGIES, *(MIXES if mix else ())) if not only or s in only]
+    weights = {"production": production_weight}
     results = []
     for seed in range(seeds):
         order = stratified_order(pools.drifted_train["label"], seed)
         for n in sizes:
             drifted = pools.drifted_train.iloc[order[:n]]
             for strategy in strategies:
-                rows = pd.concat([pools.clean_train, drifted]) if strategy == MIXED else drifted
-                model, seconds, epochs = train_once(settings, base, classes, rows, strategy, seed, steps)
+                rows = drifted
+                if strategy in MIXES:
+                    rows = pd.concat([pools.clean_train.assign(origin="base"), drifted.assign(origin="production")])
+                model, seconds, epochs = train_once(settings, base, classes, rows, strategy, seed, steps,
+                                                    weights if strategy == MIXED_WEIGHTED else None)
                 drifted_acc, clean_acc = score(model.net, champion, pools)
                 _, n_steps = epochs_for(len(rows), steps)
                 results.append(RunResult(strategy, n, seed, drifted_acc, clean_acc, seconds, n_steps, epochs))
@@ -246,7 +254,9 @@ def markdown(summary: pd.DataFrame, baseline: tuple[float, float]) -> str:
              "|---:|---|---:|---:|---:|---:|",
              f"| 0 | champion, no adaptation | {baseline[0]:.3f} | {baseline[1]:.3f} | – | – |"]
     for r in summary.itertuples():
-        name = "mixed: fine_tuning on clean train + N drifted" if r.strategy == MIXED else r.strategy
+        name = {MIXED: "mixed: fine_tuning on clean train + N drifted",
+                MIXED_WEIGHTED: "mixed, the N drifted drawn more often (retrain.origin_weights)"}.get(r.strategy,
+                                                                                                   r.strategy)
         lines.append(f"| {r.n} | {name} | {cell(r.drifted, r.drifted_sd, '.3f')} | {cell(r.clean, r.clean_sd, '.3f')} "
                      f"| {r.seconds:.1f} ({r.seconds_min:.1f}–{r.seconds_max:.1f}) | {r.steps} ({r.epochs}) |")
     return "\n".join(lines)
@@ -268,9 +278,9 @@ def recommendation(summary: pd.DataFrame, baseline: tuple[float, float]) -> str:
     gains = ", ".join(f"{transfer[n] - scratch[n]:+.3f} at {n}" for n in scratch.index if n in transfer.index)
     seconds = summary.groupby("strategy", sort=False)["seconds"].median()
     times = ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items())
+    versus_scratch = f" Best transfer minus scratch: {gains}." if gains else ""
     return (f"The champion alone gets {baseline[0]:.3f} on the drifted test split ({baseline[1]:.3f} clean). "
-            + ". ".join(sentences) + f". Best transfer minus scratch: {gains}. "
-            f"Median training time per run: {times}.")
+            + ". ".join(sentences) + f".{versus_scratch} Median training time per run: {times}.")
 
 
 def machine() -> str:
@@ -293,6 +303,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="optimisation steps per run (batch 32), about")
     parser.add_argument("--no-mix", action="store_true", help="skip fine_tuning on clean train + N drifted")
     parser.add_argument("--model", type=Path, default=Path("models"), help="the champion's bundle folder")
+    parser.add_argument("--only", nargs="+", choices=[*STRATEGIES, *MIXES], help="run only these strategies")
+    parser.add_argument("--production-weight", type=float, default=None,
+                        help="how much more often mixed+weighted draws the drifted images "
+                        "(default: retrain.origin_weights.production of params.yaml)")
     args = parser.parse_args(argv)
     apply_offline_environment()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -305,8 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     with (tempfile.TemporaryDirectory(prefix="visionloop-transfer-benchmark-") as workdir,
           contextlib.redirect_stdout(sys.stderr)):  # keep stdout for the table
+        weight = args.production_weight or float(settings.section("retrain")["origin_weights"]["production"])
         results, baseline = run(settings, model_dir, args.sizes, args.seeds, args.steps, not args.no_mix,
-                                    Path(workdir))
+                                Path(workdir), args.only, weight)
     elapsed = time.perf_counter() - started
     summary = summarise(results)
     print(f"## Transfer learning: clean-digits champion → {CORRUPTION} severity {SEVERITY}\n")
@@ -315,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
           f"Drifted test: the TEST split corrupted; clean test: the same "
           f"images uncorrupted. ~{args.steps} steps of batch {BATCH_SIZE} "
           f"per run, no validation-based checkpoint selection; mixed trains on the clean train split plus the N "
-          f"drifted images.\n")
+          f"drifted images (mixed+weighted: drawn {weight:g}× as often).\n")
     print(recommendation(summary, baseline))
     print(f"\n{elapsed:.0f} s in all. Machine at start: {machine_before}; at end: {machine()}.")
 

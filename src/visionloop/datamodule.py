@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from visionloop.preprocess import as_hwc, build_pipeline
 
@@ -51,6 +51,7 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
         limit_train_fraction: float = 1.0,
+        origin_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.manifest = manifest
@@ -62,6 +63,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.limit_train_fraction = limit_train_fraction
+        self.origin_weights = {k: float(v) for k, v in (origin_weights or {}).items()}
 
     def split(self, name: str) -> pd.DataFrame:
         frame = self.manifest[self.manifest["split"] == name]
@@ -69,13 +71,30 @@ class ImageDataModule(pl.LightningDataModule):
             frame = stratified_subset(frame, self.limit_train_fraction, self.seed)
         return frame
 
+    def train_sample_weights(self) -> np.ndarray | None:
+        """Per-row sampling weights from ``origin_weights`` (e.g. ``{"production": 4}``), or None.
+
+        A few hundred labeled production images drown in a clean training set; drawing them more often
+        lets a retrain learn the new conditions without dropping the old data (benchmarks/transfer.py).
+        """
+        frame = self.split("train")
+        if "origin" not in frame.columns or all(w == 1.0 for w in self.origin_weights.values()):
+            return None
+        return frame["origin"].map(self.origin_weights).fillna(1.0).to_numpy(dtype=float)
+
     def _loader(self, name: str, pipeline, shuffle: bool) -> DataLoader:
         dataset = ManifestDataset(self.split(name), self.class_index, pipeline)
         generator = torch.Generator().manual_seed(self.seed)
+        weights = self.train_sample_weights() if name == "train" else None
+        sampler = None
+        if weights is not None:  # an epoch is still len(dataset) draws, weighted, with replacement
+            sampler = WeightedRandomSampler(weights.tolist(), len(weights), replacement=True, generator=generator)
+            shuffle = False
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             generator=generator,
             persistent_workers=self.num_workers > 0,

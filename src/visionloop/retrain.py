@@ -80,10 +80,12 @@ def prepare_snapshot(settings: Settings, manifest: Path, workspace: RetrainWorks
 
 
 def retrain_settings(settings: Settings) -> Settings:
-    """Training params for a retrain: ``retrain.epochs`` and ``retrain.strategy`` over ``train``."""
+    """Training params for a retrain: ``retrain.epochs`` and ``retrain.origin_weights`` over ``train``."""
     retrain = settings.section("retrain")
-    epochs = int(retrain.get("epochs", settings.section("train")["epochs"]))
-    return Settings(root=settings.root, params=deep_merge(settings.params, {"train": {"epochs": epochs}}))
+    overrides: dict[str, Any] = {"epochs": int(retrain.get("epochs", settings.section("train")["epochs"]))}
+    if "origin_weights" in retrain:
+        overrides["origin_weights"] = retrain["origin_weights"]
+    return Settings(root=settings.root, params=deep_merge(settings.params, {"train": overrides}))
 
 
 def train_challenger(settings: Settings, workspace: RetrainWorkspace, data_version, base: str, trigger: str):

@@ -153,6 +153,7 @@ def train(
         num_workers=int(train_params.get("num_workers", 0)),
         seed=settings.seed,
         limit_train_fraction=float(train_params.get("limit_train_fraction", 1.0)),
+        origin_weights=train_params.get("origin_weights"),
     )
     model = build_classifier(settings, classes, base_weights, strategy)
 
