@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,10 @@ def train(
             enable_model_summary=False,
             default_root_dir=str(out_dir),
         )
-        trainer.fit(model, datamodule=datamodule)
+        with warnings.catch_warnings():
+            # Lightning's own pytree helper trips torch's LeafSpec deprecation on every batch: noise, not ours.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+            trainer.fit(model, datamodule=datamodule)
         if checkpoint.best_model_path:
             best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
             model.load_state_dict(best["state_dict"])
