@@ -269,7 +269,8 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
 
     bearer = HTTPBearer(auto_error=False, description="Required when serving.token / VISIONLOOP_TOKEN is set.")
 
-    def require_token(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+    async def require_token(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        # async: a sync dependency would cost every request a hop through the thread pool
         if token is None:
             return
         if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
