@@ -12,6 +12,7 @@ from PIL import Image
 
 from visionloop.features import IMAGE_STAT_COLUMNS, fit_reduction, image_statistics, reduce_embeddings
 from visionloop.predlog import PendingPredictions, PredictionLog, PredictionLogWriter
+from visionloop.predlog_process import ProcessLogWriter
 from visionloop.seams import PredictionRecord
 
 CLASSES = ["0", "1", "2"]
@@ -122,8 +123,14 @@ def pending(n: int, version: str = "1", dim: int = 6) -> PendingPredictions:
     )
 
 
-def test_writer_stores_rows_images_and_the_drift_features(plog: PredictionLog, tmp_path: Path) -> None:
-    writer = PredictionLogWriter(plog, tmp_path / "images")
+@pytest.fixture(params=[PredictionLogWriter, ProcessLogWriter], ids=["thread", "process"])
+def writer_class(request):
+    """Both writers keep one contract: the app may use either (serving.log_writer)."""
+    return request.param
+
+
+def test_writer_stores_rows_images_and_the_drift_features(plog: PredictionLog, tmp_path: Path, writer_class) -> None:
+    writer = writer_class(plog, tmp_path / "images")
     writer.start()
     try:
         batch = pending(5)
@@ -150,8 +157,8 @@ def test_writer_stores_rows_images_and_the_drift_features(plog: PredictionLog, t
     assert np.array_equal(np.array(Image.open(path)), batch.images[2])
 
 
-def test_writer_counts_failures_when_the_database_is_down(broken_url: str, tmp_path: Path) -> None:
-    writer = PredictionLogWriter(PredictionLog(broken_url), tmp_path / "images")
+def test_writer_counts_failures_when_the_database_is_down(broken_url: str, tmp_path: Path, writer_class) -> None:
+    writer = writer_class(PredictionLog(broken_url), tmp_path / "images")
     writer.start()
     try:
         assert writer.status().state == "unavailable"  # the start-up probe already failed
@@ -165,9 +172,9 @@ def test_writer_counts_failures_when_the_database_is_down(broken_url: str, tmp_p
         writer.close()
 
 
-def test_writer_recovers_when_the_database_comes_back(broken_url: str, tmp_path: Path) -> None:
+def test_writer_recovers_when_the_database_comes_back(broken_url: str, tmp_path: Path, writer_class) -> None:
     log = PredictionLog(broken_url)
-    writer = PredictionLogWriter(log, None)
+    writer = writer_class(log, None)
     writer.start()
     try:
         writer.submit(pending(2))
@@ -186,9 +193,24 @@ def test_writer_recovers_when_the_database_comes_back(broken_url: str, tmp_path:
     assert log.read_window()["image_path"].isna().all()  # no image dir: no stored images
 
 
-def test_a_full_queue_drops_and_counts_instead_of_blocking(plog: PredictionLog) -> None:
-    writer = PredictionLogWriter(plog, None, max_queue=1)  # not started: nothing drains the queue
+def test_a_full_queue_drops_and_counts_instead_of_blocking(plog: PredictionLog, writer_class) -> None:
+    writer = writer_class(plog, None, max_queue=1)  # not started: nothing drains the queue
     assert writer.submit(pending(2)) is True
     assert writer.submit(pending(3)) is False
     status = writer.status()
     assert status.dropped == 3 and status.queued == 2
+
+
+def test_a_dead_writer_process_is_reported_and_submitting_still_returns(plog: PredictionLog) -> None:
+    writer = ProcessLogWriter(plog, None)
+    writer.start()
+    try:
+        assert writer.status().state == "ok"
+        writer._process.kill()  # e.g. the OOM killer
+        writer._process.join(5)
+        writer.submit(pending(2))  # the answer path never blocks on a dead writer
+        assert writer.flush(timeout=2) is False
+        status = writer.status()
+        assert status.state == "unavailable" and "exited" in status.last_error and status.queued == 2
+    finally:
+        writer.close()

@@ -6,9 +6,9 @@ retraining (``labeled``). Features are stored as JSON and flattened on read into
 ``emb_i``, ``pred_label``, ``confidence``, ``prob_<class>``), so a drift check compares like with like.
 
 Serving never writes on the request path: ``PredictionLogWriter`` takes finished predictions from a
-bounded queue in a background thread, computes their features, stores the input images as PNG
-(named by prediction id) and writes the rows. A database that is down costs the rows (counted and
-reported by ``status()``), never the answer.
+bounded queue in a background thread (or, through ``predlog_process``, in a child process), computes
+their features, stores the input images as PNG (named by prediction id) and writes the rows. A database
+that is down costs the rows (counted and reported by ``status()``), never the answer.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -406,13 +406,16 @@ class PredictionLogWriter:
         linger_seconds: float = 0.05,
         probe_seconds: float = 5.0,
         init_error: str | None = None,
+        requests: Any = None,
     ) -> None:
         self.log = log
         self.image_dir = image_dir
         self.max_rows_per_write = max_rows_per_write
         self.linger_seconds = linger_seconds
         self.probe_seconds = probe_seconds
-        self._queue: queue.Queue[PendingPredictions | None] = queue.Queue(maxsize=max_queue)
+        # Any queue with get(timeout)/get_nowait/put raising queue.Empty/Full: a multiprocessing.Queue in
+        # ``predlog_process``, which runs this same loop in a child process.
+        self._queue = requests if requests is not None else queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
         self._counters = _Counters()
         self._any_write = False
@@ -425,10 +428,14 @@ class PredictionLogWriter:
 
     def start(self) -> None:
         """Probe the database and start the writer thread."""
+        self.probe()
+        self._thread = threading.Thread(target=self.run, name="prediction-log-writer", daemon=True)
+        self._thread.start()
+
+    def probe(self) -> None:
+        """Mark the log unavailable now if the database does not answer (before any write tells)."""
         if self.log is not None and not self.log.healthy():
             self._fail(f"cannot reach the prediction log at {self.log!r}")
-        self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
-        self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued (up to ``timeout``) and stop the thread."""
@@ -484,14 +491,18 @@ class PredictionLogWriter:
                 last_error_at=c.last_error_at,
             )
 
-    # -- the thread --
+    # -- the loop --
 
-    def _run(self) -> None:
+    def run(self, on_handled: Callable[[list[str]], None] | None = None) -> None:
+        """Write what arrives until the ``None`` sentinel; ``on_handled(ids)`` after each batch, and with no
+        ids after each idle probe (how ``predlog_process`` reports progress and status to its parent)."""
         while True:
             try:
                 first = self._queue.get(timeout=self.probe_seconds)
             except queue.Empty:
                 self._probe_if_down()
+                if on_handled is not None:
+                    on_handled([])
                 continue
             if first is None:
                 return
@@ -505,6 +516,8 @@ class PredictionLogWriter:
                     self._in_flight = 0
                     for pending in batch:
                         self._counters.pending.difference_update(pending.ids)
+            if on_handled is not None:
+                on_handled([i for pending in batch for i in pending.ids])
             if stop:
                 return
 

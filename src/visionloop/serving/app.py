@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visionloop.data import TOO_LARGE, InvalidImage, validate_image_bytes
 from visionloop.predlog import PendingPredictions, PredictionLog, PredictionLogWriter
+from visionloop.predlog_process import ProcessLogWriter
 from visionloop.seams import LINEAGE_TAGS
 from visionloop.serving.batcher import MicroBatcher, NoModelLoaded, Overloaded
 from visionloop.serving.labeling import labeling_router
@@ -464,16 +465,18 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
     return app
 
 
-def _make_writer(settings: Settings, cfg: dict[str, Any]) -> PredictionLogWriter:
+def _make_writer(settings: Settings, cfg: dict[str, Any]) -> PredictionLogWriter | ProcessLogWriter:
+    """``serving.log_writer``: ``process`` (default) keeps the writing off the serving interpreter's GIL."""
     image_dir = Path(cfg["image_dir"]) if cfg.get("image_dir") else settings.state_dir / "images"
     image_dir = settings.path(image_dir)
     queue_size = int(cfg.get("log_queue", 10_000))
+    writer_class = ProcessLogWriter if cfg.get("log_writer", "process") == "process" else PredictionLogWriter
     try:
         prediction_log = PredictionLog(settings.db_url)
     except Exception as exc:  # noqa: BLE001 - a bad URL must not stop serving
         log.error("prediction log disabled: %s", exc)
-        return PredictionLogWriter(None, image_dir, max_queue=queue_size, init_error=str(exc))
-    return PredictionLogWriter(prediction_log, image_dir, max_queue=queue_size)
+        return writer_class(None, image_dir, max_queue=queue_size, init_error=str(exc))
+    return writer_class(prediction_log, image_dir, max_queue=queue_size)
 
 
 # --- reading and checking the input -----------------------------------------------------------
