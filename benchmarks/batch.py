@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import shutil
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model, load_average, usable_cores  # benchmarks/machine.py
 from PIL import Image
 
 
@@ -156,13 +156,11 @@ def memory(args: argparse.Namespace, sizes: list[int]) -> list[dict[str, float]]
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     import torch
 
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "torch_threads": str(torch.get_num_threads()),
+    return {"nproc": str(usable_cores()), "cpu": cpu_model(), "torch_threads": str(torch.get_num_threads()),
             "python": platform.python_version(), "torch": torch.__version__,
-            "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+            "load_average_at_start": load_average()}
 
 
 def main() -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import describe  # benchmarks/machine.py (the script's folder is on sys.path)
 
 from visionloop.bundle import ServableModel
 from visionloop.corruptions import corrupt
@@ -303,19 +303,7 @@ def main(argv: list[str] | None = None) -> None:
           + (f"with replacement at n = {', '.join(map(str, resampled))} (false alarms there are inflated)"
              if resampled else "without replacement") + ". "
           f"{args.resamples} no-shift and {args.shift_resamples} shifted windows per size, seed {args.seed}. "
-          f"{elapsed:.0f} s in all ({prepared:.0f} s of it training and features) on {machine()}.")
-
-
-def machine() -> str:
-    """CPU model and the cores this process may use."""
-    model = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return f"{model}, {cores} cores, Python {platform.python_version()}"
+          f"{elapsed:.0f} s in all ({prepared:.0f} s of it training and features) on {describe()}.")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model, usable_cores  # benchmarks/machine.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -158,12 +160,7 @@ def load_average() -> float:
 
 
 def machine() -> dict[str, Any]:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        "unknown",
-    )
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model, "python": sys.version.split()[0]}
+    return {"nproc": usable_cores(), "cpu_model": cpu_model(), "python": sys.version.split()[0]}
 
 
 @dataclass

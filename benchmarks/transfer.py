@@ -40,8 +40,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import describe  # benchmarks/machine.py (the script's folder is on sys.path)
 
 from visionloop.settings import Settings, apply_offline_environment
 
@@ -283,19 +282,6 @@ def recommendation(summary: pd.DataFrame, baseline: tuple[float, float]) -> str:
             + ". ".join(sentences) + f".{versus_scratch} Median training time per run: {times}.")
 
 
-def machine() -> str:
-    """CPU model, the cores this process may use, and the load average now."""
-    model = platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{model}, {cores} cores, load average {load}, Python {platform.python_version()}"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="repetitions (label draw, init, augmentation, order)")
@@ -315,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
     settings = Settings.load()
     model_dir = settings.path(args.model)
-    machine_before = machine()
+    machine_before = describe(with_load=True)
     started = time.perf_counter()
     with (tempfile.TemporaryDirectory(prefix="visionloop-transfer-benchmark-") as workdir,
           contextlib.redirect_stdout(sys.stderr)):  # keep stdout for the table
@@ -332,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
           f"per run, no validation-based checkpoint selection; mixed trains on the clean train split plus the N "
           f"drifted images (mixed+weighted: drawn {weight:g}× as often).\n")
     print(recommendation(summary, baseline))
-    print(f"\n{elapsed:.0f} s in all. Machine at start: {machine_before}; at end: {machine()}.")
+    print(f"\n{elapsed:.0f} s in all. Machine at start: {machine_before}; at end: {describe(with_load=True)}.")
 
 
 if __name__ == "__main__":

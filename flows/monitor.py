@@ -59,7 +59,7 @@ def monitor(
         payload = alert_payload(result, result.performance)
         decision = raise_drift_alert(settings, payload) if payload and alert else None
         drifted = result.verdict.drifted_features if result.verdict is not None else []
-        queue_state = queue_for_labeling(settings, drifted, return_state=True)
+        queue_state = queue_for_labeling(settings, champion, drifted, return_state=True)
         # The queue is a help for people, never a reason to lose the check or the alert.
         queued = queue_state.result().to_dict() if queue_state.is_completed() else None
         print(f"labeling queue: {queued['total_queued']} images queued from {queued['examined']} new predictions"

@@ -68,7 +68,11 @@ def check_performance(settings: Settings, monitored: MonitoredModel, out_dir: Pa
 
 
 @task(name="queue images for labeling", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def queue_for_labeling(settings: Settings, drifted_features: list[str]) -> labeling.EnqueueResult:
+def queue_for_labeling(
+    settings: Settings, monitored: MonitoredModel, drifted_features: list[str]
+) -> labeling.EnqueueResult:
     """The labeling queue's sampling rules over the predictions logged since the last scan."""
-    result, _ = labeling.enqueue_with_registry(settings, drifted_features=drifted_features)
+    result, _ = labeling.enqueue_with_registry(
+        settings, drifted_features=drifted_features, champion=monitored.model, reference=monitored.reference
+    )
     return result

@@ -71,21 +71,21 @@ class ImageDataModule(pl.LightningDataModule):
             frame = stratified_subset(frame, self.limit_train_fraction, self.seed)
         return frame
 
-    def train_sample_weights(self) -> np.ndarray | None:
+    def sample_weights(self, frame: pd.DataFrame) -> np.ndarray | None:
         """Per-row sampling weights from ``origin_weights`` (e.g. ``{"production": 4}``), or None.
 
         A few hundred labeled production images drown in a clean training set; drawing them more often
         lets a retrain learn the new conditions without dropping the old data (benchmarks/transfer.py).
         """
-        frame = self.split("train")
         if "origin" not in frame.columns or all(w == 1.0 for w in self.origin_weights.values()):
             return None
         return frame["origin"].map(self.origin_weights).fillna(1.0).to_numpy(dtype=float)
 
     def _loader(self, name: str, pipeline, shuffle: bool) -> DataLoader:
-        dataset = ManifestDataset(self.split(name), self.class_index, pipeline)
+        frame = self.split(name)
+        dataset = ManifestDataset(frame, self.class_index, pipeline)
         generator = torch.Generator().manual_seed(self.seed)
-        weights = self.train_sample_weights() if name == "train" else None
+        weights = self.sample_weights(frame) if name == "train" else None
         sampler = None
         if weights is not None:  # an epoch is still len(dataset) draws, weighted, with replacement
             sampler = WeightedRandomSampler(weights.tolist(), len(weights), replacement=True, generator=generator)

@@ -737,8 +737,13 @@ def enqueue_with_registry(
     *,
     previous: str | None = None,
     drifted_features: Iterable[str] | None = None,
+    champion: ServableModel | None = None,
+    reference: pd.DataFrame | None = None,
 ) -> tuple[EnqueueResult, ScanInputs]:
     """One scan with inputs taken from the registry: the CLI's and the flows' entry point.
+
+    * champion and its reference profile: ``champion`` and ``reference`` when the caller has them loaded
+      (the monitor flow), else the registry's champion, downloaded here.
 
     * previous version: ``previous`` (a ``models:/`` URI or a version number), else the champion
       before the current one in the promotion history; none → no disagreement rule.
@@ -758,11 +763,11 @@ def enqueue_with_registry(
     inputs = ScanInputs()
     name = settings.model_name
     with tempfile.TemporaryDirectory(prefix="visionloop-label-") as tmp:
-        champion = None
-        try:
-            champion = load_registered(f"models:/{name}@{CHAMPION}", settings.tracking_uri, Path(tmp) / "champion")
-        except Exception as error:  # noqa: BLE001 - no champion: low confidence and random still work
-            inputs.notes.append(f"no champion ({str(error).splitlines()[0]}): drift rule off")
+        if champion is None:
+            try:
+                champion = load_registered(f"models:/{name}@{CHAMPION}", settings.tracking_uri, Path(tmp) / "champion")
+            except Exception as error:  # noqa: BLE001 - no champion: low confidence and random still work
+                inputs.notes.append(f"no champion ({str(error).splitlines()[0]}): drift rule off")
         previous_model = None
         if previous is not None:  # asked for: a failure to load it is an error
             uri = previous if previous.startswith("models:/") else f"models:/{name}/{previous}"
@@ -781,8 +786,7 @@ def enqueue_with_registry(
         else:
             inputs.notes.append("no previous champion: disagreement rule off")
 
-        reference = None
-        if champion is not None:
+        if reference is None and champion is not None:
             profile = Path(tmp) / "champion" / BUNDLE_FILES["reference_profile"]
             if profile.exists():
                 reference = pd.read_parquet(profile)

@@ -821,7 +821,6 @@ def rollback(settings: Settings, trigger: str = "cli") -> PromotionRecord:
         if target is None:
             raise NothingToRollBack(f"{name} has no earlier champion than v{current} in its promotion history")
         client.set_registered_model_alias(name, CHAMPION, target)
-        versions = {v["version"]: v for v in list_versions(settings) if v["version"] in (current, target)}
         record = PromotionRecord(
             model_name=name,
             decision="rollback",
@@ -831,13 +830,16 @@ def rollback(settings: Settings, trigger: str = "cli") -> PromotionRecord:
             reason=f"rolled back: champion moved from v{current} back to v{target}, the champion before it "
             f"(asked by {trigger})",
             trigger=trigger,
-            metrics={
-                "champion": versions.get(current, {}).get("metrics", {}),
-                "challenger": versions.get(target, {}).get("metrics", {}),
-            },
+            metrics=_side_by_side(settings, current, target),
         )
         _log_record(client, settings, record, None)
     return record
+
+
+def _side_by_side(settings: Settings, champion: str | None, challenger: str) -> dict[str, dict[str, float]]:
+    """The registered test metrics of the champion before and the version after an alias move made by hand."""
+    metrics = {v["version"]: v["metrics"] for v in list_versions(settings) if v["version"] in (champion, challenger)}
+    return {"champion": metrics.get(champion, {}), "challenger": metrics.get(challenger, {})}
 
 
 def assign_champion(settings: Settings, version: str, reason: str, trigger: str = "cli") -> PromotionRecord:
@@ -854,7 +856,6 @@ def assign_champion(settings: Settings, version: str, reason: str, trigger: str 
         client.set_registered_model_alias(name, CHAMPION, version)
         if aliases.get(CHALLENGER) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
-        versions = {v["version"]: v for v in list_versions(settings) if v["version"] in (current, version)}
         record = PromotionRecord(
             model_name=name,
             decision="assigned",
@@ -863,10 +864,7 @@ def assign_champion(settings: Settings, version: str, reason: str, trigger: str 
             candidate_version=version,
             reason=f"assigned by hand: champion moved from {_v(current)} to v{version} without the gate ({reason})",
             trigger=trigger,
-            metrics={
-                "champion": versions.get(current, {}).get("metrics", {}),
-                "challenger": versions.get(version, {}).get("metrics", {}),
-            },
+            metrics=_side_by_side(settings, current, version),
         )
         _log_record(client, settings, record, None)
     return record
