@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from visionloop.model import ImageClassifier
+from visionloop.model import ImageClassifier, inference_network
 
 
 def _loader() -> DataLoader:
@@ -65,3 +65,18 @@ def test_fine_tuning_unfreezes_the_last_blocks(blocks: int, trainable_blocks: li
 def test_fine_tune_blocks_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="fine_tune_blocks"):
         ImageClassifier(num_classes=3, widths=(4, 8), strategy="fine_tuning", fine_tune_blocks=3)
+
+
+def test_inference_network_answers_like_the_trained_one_and_leaves_it_alone() -> None:
+    model = ImageClassifier(num_classes=3, widths=(4, 8), embedding_dim=8, strategy="full")
+    _fit(model)  # BatchNorm statistics and affine terms far from their initial values
+    network = model.net.eval()
+    before = _snapshot(network)
+    fast = inference_network(network)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    images = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.embedding(images), network.embedding(images), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast(images), network(images), rtol=1e-4, atol=1e-5)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules()) == 4
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
