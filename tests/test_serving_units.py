@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from visionloop.bundle import Predictions, ServableModel
 from visionloop.model import build_network
+from visionloop.predlog import PendingPredictions
 from visionloop.preprocess import build_pipeline, pipeline_to_json
 from visionloop.serving.batcher import MicroBatcher, NoModelLoaded
 from visionloop.serving.reload import ModelCheckFailed, ModelManager, sample_images, warm_up_and_check
@@ -46,6 +48,9 @@ class CountingModel:
         self.calls.append(len(images))
         return self.model.predict(images)
 
+    def __getattr__(self, name: str) -> object:  # name, version, classes, reduction
+        return getattr(self.model, name)
+
 
 def images(n: int) -> list[np.ndarray]:
     rng = np.random.default_rng(n)
@@ -56,9 +61,15 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers() ->
     model = fresh_model("1")
     counting = CountingModel(model)
     inputs = images(16)
+    logged: list[PendingPredictions] = []
+    answered: list[str] = []
+
+    def log(pending: PendingPredictions) -> None:
+        assert not set(pending.ids) & set(answered)  # logged before any of its answers goes out
+        logged.append(pending)
 
     async def main() -> list:
-        batcher = MicroBatcher(lambda: counting, max_batch=8, max_wait_ms=200)
+        batcher = MicroBatcher(lambda: counting, max_batch=8, max_wait_ms=200, log=log)
         batcher.start()
         try:
             for _ in inputs:
@@ -67,7 +78,11 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers() ->
             for image in inputs:
                 futures.append(batcher.submit([image]))
                 batcher.arrived()
-            return await asyncio.gather(*futures)
+            results = []
+            for future in futures:
+                results.append(await future)
+                answered.extend(results[-1].prediction_ids)
+            return results
         finally:
             batcher.stop()
 
@@ -80,6 +95,12 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers() ->
         assert result.model is counting
         assert result.probabilities.shape == (1, 10)
         np.testing.assert_allclose(result.probabilities[0], alone.probabilities[i], atol=1e-5)
+    # one log entry per forward pass, carrying exactly the ids the requests were answered with
+    assert [len(p.ids) for p in logged] == counting.calls
+    assert [i for p in logged for i in p.ids] == answered and len(set(answered)) == 16
+    logged_probabilities = np.concatenate([p.probabilities for p in logged])
+    np.testing.assert_allclose(logged_probabilities, np.concatenate([r.probabilities for r in results]))
+    assert all(p.model_version == "1" and p.source == "rest" and len(p.images) == len(p.ids) for p in logged)
 
 
 def test_a_lone_request_does_not_wait_and_batches_never_exceed_max_batch() -> None:
@@ -182,12 +203,19 @@ def test_manager_swaps_good_versions_and_keeps_serving_through_bad_ones() -> Non
     asyncio.run(main())
 
 
-def test_check_refuses_a_network_left_in_training_mode() -> None:
+class BatchCentering(torch.nn.Module):
+    """Normalises by the batch's own statistics, as BatchNorm left in training mode would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean()) / (x.std() + 1e-3) * 10
+
+
+def test_check_refuses_a_network_whose_answer_depends_on_the_batch() -> None:
     model = fresh_model("1")
     warm_up_and_check(model, max_batch=8)
-    model.network.train()  # BatchNorm on batch statistics: the answer depends on the batch
+    model.network.blocks[0].insert(0, BatchCentering())
     with pytest.raises(ModelCheckFailed, match="alone and the same image in a batch"):
-        warm_up_and_check(model, max_batch=8)
+        warm_up_and_check(dataclasses.replace(model), max_batch=8)  # replace() rebuilds the inference copy
 
 
 def test_check_refuses_a_reduction_that_does_not_fit() -> None:

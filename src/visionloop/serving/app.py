@@ -1,7 +1,7 @@
 """The REST server: ``create_app(settings, model_source)``.
 
 * ``POST /predict`` — images as multipart files (field ``files``) or JSON ``{"images": [base64, ...]}``;
-  micro-batched (``serving.batcher``); each answer is logged off the request path (``visionloop.predlog``).
+  micro-batched (``serving.batcher``, which hands each forward pass to the prediction log off the request path).
 * ``POST /feedback`` — the true label of an earlier prediction.
 * ``GET /health`` (always 200 while the process lives), ``GET /ready`` (200 once a model is loaded and
   checked), ``GET /model`` (what is serving), ``/docs`` (OpenAPI).
@@ -22,9 +22,7 @@ import json
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +36,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visionloop.data import TOO_LARGE, InvalidImage, validate_image_bytes
-from visionloop.predlog import PendingPredictions, PredictionLog, PredictionLogWriter
+from visionloop.predlog import PredictionLog, PredictionLogWriter
 from visionloop.predlog_process import ProcessLogWriter
 from visionloop.seams import LINEAGE_TAGS
 from visionloop.serving.batcher import MicroBatcher, NoModelLoaded, Overloaded
@@ -229,10 +227,13 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
     manager = ModelManager(
         model_source, poll_seconds=float(cfg.get("poll_seconds", 5)), max_batch=int(cfg.get("max_batch", 32))
     )
-    batcher = MicroBatcher(
-        manager.current, max_batch=int(cfg.get("max_batch", 32)), max_wait_ms=float(cfg.get("max_wait_ms", 4))
-    )
     writer = _make_writer(settings, cfg)
+    batcher = MicroBatcher(
+        manager.current,
+        max_batch=int(cfg.get("max_batch", 32)),
+        max_wait_ms=float(cfg.get("max_wait_ms", 4)),
+        log=writer.submit,  # one prediction-log entry per forward pass, never blocking
+    )
     started = time.monotonic()
 
     @contextlib.asynccontextmanager
@@ -322,8 +323,6 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
         except NoModelLoaded as exc:
             raise HTTPException(503, str(exc)) from None
         answered = result.model
-        created_at = datetime.now(UTC)
-        ids = [str(uuid.uuid4()) for _ in good]
         classes = answered.classes
         entries: list[ImagePrediction] = []
         position = {index: k for k, index in enumerate(good)}
@@ -341,7 +340,7 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
                 ImagePrediction(
                     index=index,
                     filename=filename,
-                    prediction_id=ids[k],
+                    prediction_id=result.prediction_ids[k],
                     label=classes[best],
                     confidence=float(probabilities[best]),
                     probabilities=dict(zip(classes, probabilities.tolist(), strict=True)),
@@ -349,20 +348,6 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
                     model_version=str(answered.version),
                 )
             )
-        writer.submit(
-            PendingPredictions(
-                ids=ids,
-                created_at=created_at,
-                model_name=answered.name,
-                model_version=str(answered.version),
-                classes=list(classes),
-                reduction=answered.reduction,
-                images=[decoded[i] for i in good],
-                probabilities=result.probabilities,
-                embeddings=result.embeddings,
-                source="rest",
-            )
-        )
         return PredictResponse(predictions=entries)
 
     @app.post(

@@ -5,6 +5,10 @@ Requests put their decoded images on a queue and await a future. One worker thre
 still being read (``arriving``), so a lone request pays no wait — reads the current model ONCE,
 runs one forward and resolves every future of the batch. A model swapped in meanwhile answers
 from the next batch on; the batch in flight keeps its reference to the old one.
+
+Each forward pass is handed to ``log`` (the prediction-log writer's non-blocking ``submit``) as ONE
+``PendingPredictions`` with an id per image, before any answer goes out: one log entry per batch
+instead of one per request, and an id a client sends to ``/feedback`` is already known to the writer.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from visionloop.predlog import PendingPredictions
 
 if TYPE_CHECKING:
     from visionloop.bundle import ServableModel
@@ -44,6 +52,7 @@ class BatchResult:
     model: ServableModel
     probabilities: np.ndarray  # N×C
     embeddings: np.ndarray  # N×D
+    prediction_ids: list[str]  # one per image, as logged
 
 
 @dataclass
@@ -71,10 +80,14 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait_ms: float = 4.0,
         max_queue: int = 4096,
+        log: Callable[[PendingPredictions], object] | None = None,
+        source: str = "rest",
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.get_model = get_model
+        self.log = log
+        self.source = source
         self.max_batch = max_batch
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
@@ -175,10 +188,28 @@ class MicroBatcher:
         self.stats.requests += len(batch)
         self.stats.images += len(images)
         self.stats.largest_batch = max(self.stats.largest_batch, len(images))
+        ids = [str(uuid.uuid4()) for _ in images]
+        if self.log is not None:
+            self.log(
+                PendingPredictions(
+                    ids=ids,
+                    created_at=datetime.now(UTC),
+                    model_name=model.name,
+                    model_version=str(model.version),
+                    classes=list(model.classes),
+                    reduction=model.reduction,
+                    images=images,
+                    probabilities=predictions.probabilities,
+                    embeddings=predictions.embeddings,
+                    source=self.source,
+                )
+            )
         start = 0
         for item in batch:
             end = start + len(item.images)
-            result = BatchResult(model, predictions.probabilities[start:end], predictions.embeddings[start:end])
+            result = BatchResult(
+                model, predictions.probabilities[start:end], predictions.embeddings[start:end], ids[start:end]
+            )
             _deliver(item, result, None)
             start = end
 
