@@ -40,6 +40,7 @@ PROBABILITY_PREFIX = "prob_"
 # ITU-R BT.601 luma weights: the gray image that brightness, contrast, sharpness and entropy use.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _PREDICT_CHUNK = 512
+_STATS_CHUNK = 256  # images stacked at once: bounded memory for large images
 
 
 def _canonical(image: np.ndarray) -> np.ndarray:
@@ -63,37 +64,67 @@ def image_statistics(image: np.ndarray) -> dict[str, float]:
     * entropy — Shannon entropy (bits) of the 256-bin histogram of the uint8 gray image;
     * width, height in pixels; aspect = width / height.
     """
-    image = _canonical(image)
-    height, width = image.shape[:2]
-    if image.ndim == 3:
-        rgb = image.astype(np.float32) * np.float32(1 / 255)
+    return image_statistics_many([image])[0]
+
+
+def image_statistics_many(images: list[np.ndarray], chunk: int = _STATS_CHUNK) -> list[dict[str, float]]:
+    """``image_statistics`` of each image, computed on stacks of same-shape images (one numpy call per
+    statistic and stack instead of per image: ~5× faster on small images)."""
+    canonical = [_canonical(image) for image in images]
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(canonical):
+        by_shape.setdefault(image.shape, []).append(index)
+    rows: list[dict[str, float]] = [{} for _ in canonical]
+    for indices in by_shape.values():
+        for start in range(0, len(indices), chunk):
+            part = indices[start : start + chunk]
+            for index, row in zip(part, _stack_statistics(np.stack([canonical[i] for i in part])), strict=True):
+                rows[index] = row
+    return rows
+
+
+def _stack_statistics(stack: np.ndarray) -> list[dict[str, float]]:
+    """The statistics of N same-shape canonical images (N×H×W or N×H×W×3)."""
+    n, height, width = stack.shape[:3]
+    pixels = (1, 2)
+    if stack.ndim == 4:
+        rgb = stack.astype(np.float32) * np.float32(1 / 255)
         gray = rgb @ _LUMA
         rg = rgb[..., 0] - rgb[..., 1]
         yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
-        colourfulness = float(np.sqrt(rg.var() + yb.var()) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2))
+        colourfulness = np.sqrt(rg.var(axis=pixels) + yb.var(axis=pixels)) + 0.3 * np.sqrt(
+            rg.mean(axis=pixels) ** 2 + yb.mean(axis=pixels) ** 2
+        )
         gray_u8 = np.rint(gray * 255).astype(np.uint8)
     else:
-        gray = image.astype(np.float32) * np.float32(1 / 255)
-        colourfulness = 0.0
-        gray_u8 = image
+        gray = stack.astype(np.float32) * np.float32(1 / 255)
+        colourfulness = np.zeros(n)
+        gray_u8 = stack
     if height >= 3 and width >= 3:
-        laplacian = gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4 * gray[1:-1, 1:-1]
-        sharpness = float(laplacian.var())
+        laplacian = (
+            gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:] - 4 * gray[:, 1:-1, 1:-1]
+        )
+        sharpness = laplacian.var(axis=pixels)
     else:
-        sharpness = 0.0
-    counts = np.bincount(gray_u8.ravel(), minlength=256)
-    p = counts[counts > 0] / gray_u8.size
-    entropy = float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return {
-        "brightness": float(gray.mean()),
-        "contrast": float(gray.std()),
-        "sharpness": sharpness,
-        "colourfulness": colourfulness,
-        "entropy": entropy,
-        "width": float(width),
-        "height": float(height),
-        "aspect": width / height,
-    }
+        sharpness = np.zeros(n)
+    offsets = 256 * np.arange(n)[:, None]  # one 256-bin histogram per image in a single bincount
+    counts = np.bincount((gray_u8.reshape(n, -1) + offsets).ravel(), minlength=256 * n).reshape(n, 256)
+    p = counts / (height * width)
+    entropy = -(p * np.log2(np.where(counts > 0, p, 1.0))).sum(axis=1) + 0.0  # + 0.0 turns -0.0 into 0.0
+    brightness, contrast = gray.mean(axis=pixels), gray.std(axis=pixels)
+    return [
+        {
+            "brightness": float(brightness[i]),
+            "contrast": float(contrast[i]),
+            "sharpness": float(sharpness[i]),
+            "colourfulness": float(colourfulness[i]),
+            "entropy": float(entropy[i]),
+            "width": float(width),
+            "height": float(height),
+            "aspect": width / height,
+        }
+        for i in range(n)
+    ]
 
 
 # --- embedding reduction -------------------------------------------------------------------------
@@ -188,7 +219,7 @@ def feature_frame(
 
 def image_stat_frame(images: list[np.ndarray]) -> pd.DataFrame:
     """The image statistics of many images, one row each (``IMAGE_STAT_COLUMNS``)."""
-    return pd.DataFrame([image_statistics(img) for img in images], columns=IMAGE_STAT_COLUMNS, dtype=float)
+    return pd.DataFrame(image_statistics_many(images), columns=IMAGE_STAT_COLUMNS, dtype=float)
 
 
 def predict_in_chunks(model: ServableModel, images: list[np.ndarray], chunk: int = _PREDICT_CHUNK) -> Predictions:

@@ -13,8 +13,10 @@ that is down costs the rows (counted and reported by ``status()``), never the an
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -36,7 +38,7 @@ from visionloop.features import (
     LABEL_COLUMN,
     PROBABILITY_PREFIX,
     embedding_columns,
-    image_statistics,
+    image_statistics_many,
     reduce_embeddings,
 )
 from visionloop.seams import PredictionRecord
@@ -295,14 +297,20 @@ def image_file(image_dir: Path, prediction_id: str, created_at: datetime) -> Pat
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    """Write a canonical uint8 image (H×W or H×W×C) as PNG, atomically."""
+    """Write a canonical uint8 image (H×W or H×W×C) as PNG, atomically (a partial file never has the name).
+
+    Encoded in memory and written with plain file calls: this runs once per logged prediction.
+    """
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
-    partial = path.with_suffix(".png.part")
-    Image.fromarray(np.ascontiguousarray(array)).save(partial, format="PNG")
-    partial.replace(path)
+    encoded = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(encoded, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = f"{path}.part"
+    with open(partial, "wb") as file:
+        file.write(encoded.getbuffer())
+    os.replace(partial, path)
 
 
 @dataclass
@@ -329,7 +337,7 @@ def prediction_features(
     The same functions and column names as ``features.feature_frame`` (the reference profile), without
     building a DataFrame per request.
     """
-    rows = [image_statistics(image) for image in images]
+    rows = image_statistics_many(images)
     if reduction is not None and rows:
         reduced = reduce_embeddings(np.asarray(embeddings).reshape(len(images), -1), reduction)
         names = embedding_columns(reduction)
