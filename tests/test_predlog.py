@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,3 +216,29 @@ def test_a_dead_writer_process_is_reported_and_submitting_still_returns(plog: Pr
         assert status.state == "unavailable" and "exited" in status.last_error and status.queued == 2
     finally:
         writer.close()
+
+
+EXIT_AFTER_A_DEAD_WRITER = """
+import sys
+from datetime import UTC, datetime
+import numpy as np
+from visionloop.predlog import PendingPredictions, PredictionLog
+from visionloop.predlog_process import ProcessLogWriter
+
+writer = ProcessLogWriter(PredictionLog(sys.argv[1]), None)
+writer.start()
+writer._process.kill()
+writer._process.join(5)
+big = [np.zeros((1000, 1000), np.uint8)] * 2  # far more than a pipe holds: the feeder thread blocks on it
+writer.submit(PendingPredictions(["a", "b"], datetime.now(UTC), "m", "1", ["x"], None, big,
+                                 np.ones((2, 1)), np.zeros((2, 4))))
+writer.close(timeout=1)
+print("closed")
+"""
+
+
+def test_the_server_process_exits_although_its_dead_writer_left_bytes_unread(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    done = subprocess.run([sys.executable, "-c", EXIT_AFTER_A_DEAD_WRITER, url], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "closed" in done.stdout, done.stderr[-2000:]

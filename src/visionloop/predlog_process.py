@@ -82,6 +82,9 @@ class ProcessLogWriter:
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(1.0)
+        # This process holds the queue's read end too, so a feeder thread with bytes the child never read
+        # would block on the full pipe forever and hang interpreter exit; what is unread is lost either way.
+        self._requests.cancel_join_thread()
         if self._reader is not None:
             self._reader.join(timeout=2.0)
         self._requests.close()
