@@ -342,6 +342,7 @@ def test_model_ready_health_and_docs(served: tuple[str, Setup]) -> None:
         assert not undocumented, (name, undocumented)
     content = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(content)
+    assert "security" not in spec["paths"]["/predict"]["post"]  # no token configured: none asked for
 
 
 def test_moving_the_alias_under_concurrent_load_fails_no_request(
@@ -476,6 +477,8 @@ def test_bearer_token_guards_predict_and_feedback(tmp_path: Path, bundles: dict[
             == 200
         )
         assert client.get("/health").status_code == 200
+        predict_doc = client.get("/openapi.json").json()["paths"]["/predict"]["post"]
+        assert predict_doc["security"] == [{"HTTPBearer": []}]  # /docs says the token is required
 
 
 def test_not_ready_until_a_model_is_loaded(tmp_path: Path, bundles: dict[str, Path], digits: tuple) -> None:

@@ -20,16 +20,14 @@ import binascii
 import contextlib
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -39,6 +37,7 @@ from visionloop.data import TOO_LARGE, InvalidImage, validate_image_bytes
 from visionloop.predlog import PredictionLog, PredictionLogWriter
 from visionloop.predlog_process import ProcessLogWriter
 from visionloop.seams import LINEAGE_TAGS
+from visionloop.serving.auth import token_dependencies
 from visionloop.serving.batcher import MicroBatcher, NoModelLoaded, Overloaded
 from visionloop.serving.labeling import labeling_router
 from visionloop.serving.reload import ModelManager
@@ -222,7 +221,6 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
     max_images = int(cfg.get("max_images", 64))
     min_side = int(data_cfg.get("min_side", 1))
     default_channels = int(data_cfg.get("channels", 1))
-    token = settings.token
 
     manager = ModelManager(
         model_source, poll_seconds=float(cfg.get("poll_seconds", 5)), max_batch=int(cfg.get("max_batch", 32))
@@ -269,14 +267,7 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
     app.state.batcher = batcher
     app.state.writer = writer
 
-    bearer = HTTPBearer(auto_error=False, description="Required when serving.token / VISIONLOOP_TOKEN is set.")
-
-    async def require_token(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-        # async: a sync dependency would cost every request a hop through the thread pool
-        if token is None:
-            return
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+    protected = token_dependencies(settings.token)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -293,7 +284,7 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
         response_model=PredictResponse,
         responses=_ERRORS,
         openapi_extra=_PREDICT_BODY,
-        dependencies=[Depends(require_token)],
+        dependencies=protected,
         summary="Classify one or several images",
     )
     async def predict(request: Request) -> PredictResponse:
@@ -359,7 +350,7 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
             422: {"model": ErrorResponse, "description": "The label is not one of the model's classes."},
             503: {"model": ErrorResponse, "description": "The prediction log is unavailable."},
         },
-        dependencies=[Depends(require_token)],
+        dependencies=protected,
         summary="Store the true label of an earlier prediction",
     )
     def feedback(body: FeedbackRequest) -> FeedbackResponse:

@@ -19,16 +19,14 @@ pages ask for it once and keep it in the tab's session storage.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
-from fastapi import APIRouter, Depends, HTTPException, Query, Security
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from visionloop.labeling import LabelingRules, LabelQueue, QueueError, UnknownItem
@@ -42,6 +40,7 @@ from visionloop.mislabel import (
     prepared_dir,
     undecided,
 )
+from visionloop.serving.auth import token_dependencies
 
 if TYPE_CHECKING:
     from visionloop.bundle import ServableModel
@@ -79,20 +78,11 @@ def labeling_router(
 ) -> APIRouter:
     """The labeling routes over the prediction log ``get_log()`` and the model serving now ``get_model()``."""
     rules = LabelingRules.from_settings(settings)
-    token = settings.token
     queues: dict[int, LabelQueue] = {}
     stores: dict[int, ReviewStore] = {}
     apply_lock = threading.Lock()
     suspects_lock = threading.Lock()  # one computation at a time; the others then read its saved table
     manifest_cache: dict[str, Any] = {}
-
-    bearer = HTTPBearer(auto_error=False, description="Required when serving.token / VISIONLOOP_TOKEN is set.")
-
-    def require_token(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-        if token is None:
-            return
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     def prediction_log() -> PredictionLog:
         plog = get_log()
@@ -130,7 +120,7 @@ def labeling_router(
         return manifest_cache["frame"]
 
     router = APIRouter(tags=["labeling"])
-    protected = [Depends(require_token)]
+    protected = token_dependencies(settings.token)
 
     # -- pages --
 
