@@ -277,6 +277,9 @@ def test_predictions_and_feedback_are_logged(served: tuple[str, Setup], digits: 
         log.dispose()
 
 
+MULTIPART_X = "multipart/form-data; boundary=x"
+
+
 def test_bad_inputs_get_a_4xx_json_reason_and_the_server_keeps_serving(
     served: tuple[str, Setup], digits: tuple
 ) -> None:
@@ -294,6 +297,9 @@ def test_bad_inputs_get_a_4xx_json_reason_and_the_server_keeps_serving(
         ("too many images", {"files": upload(*[good] * 9)}, 413, None),
         ("empty body", {"headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, None),
         ("no file part", {"data": {"note": "hi"}, "files": [("other", ("", b"", ""))]}, 400, None),
+        ("no boundary", {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400, None),
+        ("malformed multipart", {"content": b"--x\r\nno headers end", "headers": {"content-type": MULTIPART_X}}, 400,
+         None),
         ("wrong content type", {"content": b"abc", "headers": {"content-type": "text/plain"}}, 415, None),
         ("bad json", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, None),
         ("json without images", {"json": {"pictures": []}}, 400, None),

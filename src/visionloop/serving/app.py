@@ -29,8 +29,9 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visionloop.data import TOO_LARGE, InvalidImage, validate_image_bytes
@@ -484,13 +485,14 @@ Part = tuple[str | None, "bytes | InvalidImage"]
 
 async def _read_images(request: Request, limit: int, max_images: int) -> list[Part]:
     """(filename, bytes) for each image sent, from a multipart form or a base64 JSON body."""
-    content_type = request.headers.get("content-type", "").lower()
+    content_type = request.headers.get("content-type", "")  # the multipart boundary is case-sensitive
+    media_type = content_type.lower()
     body = await _read_body(request, limit)
     if not body:
         raise HTTPException(400, "empty body: send images as multipart files under 'files' or JSON {'images': [...]}")
-    if content_type.startswith("multipart/form-data"):
-        parts = await _multipart_files(request, body, max_images)
-    elif content_type.startswith("application/json"):
+    if media_type.startswith("multipart/form-data"):
+        parts = _multipart_files(content_type, body)
+    elif media_type.startswith("application/json"):
         parts = _json_images(body)
     else:
         raise HTTPException(
@@ -504,18 +506,56 @@ async def _read_images(request: Request, limit: int, max_images: int) -> list[Pa
     return parts
 
 
-async def _multipart_files(request: Request, body: bytes, max_images: int) -> list[Part]:
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
+def _multipart_files(content_type: str, body: bytes) -> list[Part]:
+    """(filename, bytes) of every file part of a multipart/form-data body; fields without a filename are
+    ignored. python-multipart's parser straight into memory: the body is already bounded by the payload
+    limit, so Starlette's form machinery (a spooled temporary file per part) would only add cost."""
+    _type, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise HTTPException(400, "multipart/form-data without a boundary parameter in the Content-Type header")
+    parts: list[Part] = []
+    headers: dict[bytes, bytes] = {}
+    field, value, chunks = bytearray(), bytearray(), []
 
-    buffered = Request(request.scope, replay)
-    # generous parser limits: more than max_images files is answered by the 413 below, with its reason
-    form = await buffered.form(max_files=4 * max_images + 16, max_fields=4 * max_images + 16)
+    def on_part_begin() -> None:
+        headers.clear()
+        chunks.clear()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        headers[bytes(field).lower()] = bytes(value)
+        field.clear()
+        value.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        chunks.append(data[start:end])
+
+    def on_part_end() -> None:
+        _disposition, params = parse_options_header(headers.get(b"content-disposition", b""))
+        if b"filename" in params:
+            parts.append((params[b"filename"].decode("utf-8", "replace"), b"".join(chunks)))
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
     try:
-        uploads = [value for _key, value in form.multi_items() if isinstance(value, UploadFile)]
-        return [(upload.filename, await upload.read()) for upload in uploads]
-    finally:
-        await form.close()
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise HTTPException(400, f"malformed multipart/form-data body: {exc}") from None
+    return parts
 
 
 def _json_images(body: bytes) -> list[Part]:
