@@ -49,8 +49,8 @@ class ServableModel:
     def __post_init__(self) -> None:
         self.network.eval()
         self.transform = pipeline_from_json(self.eval_transform_json)
-        # predictions run on a folded channels_last copy (2× faster); ``network`` stays the trainable original
-        self._inference = inference_network(self.network)
+        # predictions run on this folded channels_last copy (2× faster); ``network`` stays the trainable original
+        self.inference = inference_network(self.network)
 
     @classmethod
     def from_dir(cls, directory: Path | str, **extra: Any) -> ServableModel:
@@ -80,8 +80,8 @@ class ServableModel:
 
     @torch.inference_mode()
     def predict_tensor(self, batch: torch.Tensor) -> Predictions:
-        embeddings = self._inference.embedding(batch.contiguous(memory_format=torch.channels_last))
-        logits = self._inference.head(embeddings)
+        embeddings = self.inference.embedding(batch.contiguous(memory_format=torch.channels_last))
+        logits = self.inference.head(embeddings)
         return Predictions(torch.softmax(logits, dim=1).numpy(), embeddings.numpy())
 
     def predict(self, images: list[np.ndarray]) -> Predictions:
