@@ -127,6 +127,24 @@ def test_outputs_match_the_model_on_real_digits(tmp_path: Path, digits: Digits, 
     assert accuracy >= 0.85, accuracy
 
 
+def test_listing_leaves_out_hidden_files_and_the_output_even_through_a_symlink(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    for key in ("a.png", "sub/b.png", "sub/deeper/c.png", ".hidden.png", ".cache/d.png"):
+        (source / key).parent.mkdir(parents=True, exist_ok=True)
+        (source / key).write_bytes(b"x")
+    output = source / "preds.parquet"  # an output written inside its own input folder
+    output.write_bytes(b"x")
+    OutputLayout(output).parts_dir.mkdir()
+    (OutputLayout(output).parts_dir / "part.parquet").write_bytes(b"x")
+    (source / "sub" / "link-to-output.parquet").symlink_to(output)
+    (source / "sub" / "link-to-a.png").symlink_to(source / "a.png")
+    layout = OutputLayout(output)
+    assert list_inputs(source, exclude=[layout.output, layout.parts_dir]) == [
+        "a.png", "sub/b.png", "sub/deeper/c.png", "sub/link-to-a.png"
+    ]
+    assert "preds.parquet" in list_inputs(source)  # nothing excluded unless asked
+
+
 def test_bad_files_cost_their_row_not_the_job(tmp_path: Path, digits: Digits, model: ServableModel) -> None:
     source = tmp_path / "in"
     good = write_digits(source / "good", digits, 20)

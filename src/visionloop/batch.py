@@ -168,14 +168,23 @@ class InputSource:
 
 
 def _walk(root: Path, exclude: list[Path]) -> list[str]:
+    """Relative keys of the files under the resolved ``root``, hidden ones and ``exclude`` left out.
+
+    os.walk does not enter symlinked folders, so every path it yields under a resolved root is real
+    already: only symlinked files need resolving (a ``resolve()`` per file cost ~0.03 ms per image).
+    """
+    excluded = {str(path) for path in exclude}
     keys: list[str] = []
     for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and (here / d).resolve() not in exclude]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.join(folder, d) not in excluded]
+        prefix = os.path.relpath(folder, root).replace(os.sep, "/")
         for name in files:
-            path = here / name
-            if not name.startswith(".") and path.resolve() not in exclude:
-                keys.append(path.relative_to(root).as_posix())
+            path = os.path.join(folder, name)
+            if name.startswith(".") or path in excluded:
+                continue
+            if excluded and os.path.islink(path) and os.path.realpath(path) in excluded:
+                continue
+            keys.append(name if prefix == "." else f"{prefix}/{name}")
     keys.sort()
     return keys
 
