@@ -171,7 +171,9 @@ def main() -> None:
     parser.add_argument("--images-total", type=int, default=20_000, help="images generated (memory at the max)")
     parser.add_argument("--small", type=int, default=1_000, help="the small run of the memory comparison")
     parser.add_argument("--throughput-images", type=int, default=5_000, help="images in each throughput round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="alternating rounds; the best of each side is compared (runs vary ±15 %%)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--bundle", help="a local bundle folder (default: an untrained params.yaml network)")
     parser.add_argument("--model-uri", help="a registered model, e.g. models:/digits-cnn@champion")

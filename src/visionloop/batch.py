@@ -158,8 +158,9 @@ class InputSource:
             log.warning("%s: %d row(s) with an empty path skipped", manifest, blank)
         return source
 
-    def file(self, key: str) -> Path:
-        return self.root / key
+    def file(self, key: str) -> str:
+        """The file a key names (a plain string: this runs once per image)."""
+        return os.path.join(self.root, key)
 
     def list_keys(self, exclude: Iterable[Path] = ()) -> list[str]:
         if self.manifest is not None:
@@ -380,7 +381,8 @@ class ImageFiles(Dataset):
         key = self.keys[position]
         item = _Item(position, key)
         try:
-            data = self.source.file(key).read_bytes()
+            with open(self.source.file(key), "rb") as handle:
+                data = handle.read()
         except FileNotFoundError:
             item.error, item.code = f"file not found: {key}", MISSING_FILE
             return item
@@ -575,7 +577,7 @@ class _PartWriter:
                 embeddings=embeddings,
                 source="batch",
             )
-            records += build_records(pending, [str(self.source.file(k).resolve()) for k in keys])
+            records += build_records(pending, [str(Path(self.source.file(k)).resolve()) for k in keys])
         existing = _logged_ids(self.log, [r.id for r in records])
         return self.log.write([r for r in records if r.id not in existing])
 
@@ -705,8 +707,9 @@ def _run(
     writer = _PartWriter(layout, shard, schema, model, source, log)
     codes: Counter[str] = Counter()
     label = f"shard {shard[0]}/{shard[1]}" if summary.shard else "predict-batch"
+    # inference mode around the loader too: the tensors the eval pipeline makes skip autograd bookkeeping
     with tqdm(total=len(todo), desc=label, unit="img", disable=not progress, file=sys.stderr,
-              mininterval=0.5) as bar:
+              mininterval=0.5) as bar, torch.inference_mode():
         for batch in loader:
             if batch.tensor is not None:
                 predictions = model.predict_tensor(batch.tensor)
