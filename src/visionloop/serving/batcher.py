@@ -51,8 +51,7 @@ class BatchResult:
 
     model: ServableModel
     probabilities: np.ndarray  # N×C
-    embeddings: np.ndarray  # N×D
-    prediction_ids: list[str]  # one per image, as logged
+    prediction_ids: list[str]  # one per image, as logged (the embeddings go to the log only)
 
 
 @dataclass
@@ -207,9 +206,7 @@ class MicroBatcher:
         start = 0
         for item in batch:
             end = start + len(item.images)
-            result = BatchResult(
-                model, predictions.probabilities[start:end], predictions.embeddings[start:end], ids[start:end]
-            )
+            result = BatchResult(model, predictions.probabilities[start:end], ids[start:end])
             _deliver(item, result, None)
             start = end
 
