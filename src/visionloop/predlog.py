@@ -335,7 +335,7 @@ def prediction_features(
     """Per image: ``features.image_statistics`` plus the embedding reduced by the version's PCA (``emb_i``).
 
     The same functions and column names as ``features.feature_frame`` (the reference profile), without
-    building a DataFrame per request.
+    building a DataFrame per log entry.
     """
     rows = image_statistics_many(images)
     if reduction is not None and rows:
