@@ -103,6 +103,24 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers() ->
     assert all(p.model_version == "1" and p.source == "rest" and len(p.images) == len(p.ids) for p in logged)
 
 
+def test_a_failing_prediction_log_costs_no_answer() -> None:
+    def broken_log(_pending: PendingPredictions) -> None:
+        raise ValueError("queue closed")
+
+    async def main() -> list:
+        batcher = MicroBatcher(lambda: fresh_model("1"), max_batch=4, log=broken_log)
+        batcher.start()
+        try:
+            # the worker thread survives each failure (a dead one would leave the request waiting forever)
+            return [await asyncio.wait_for(batcher.predict(images(2)), 30) for _ in range(3)]
+        finally:
+            batcher.stop()
+
+    results = asyncio.run(main())
+    assert [r.probabilities.shape for r in results] == [(2, 10)] * 3
+    assert all(len(r.prediction_ids) == 2 for r in results)
+
+
 def test_a_lone_request_does_not_wait_and_batches_never_exceed_max_batch() -> None:
     counting = CountingModel(fresh_model("1"))
 

@@ -30,7 +30,7 @@ import numpy as np
 from visionloop.predlog import PendingPredictions
 
 if TYPE_CHECKING:
-    from visionloop.bundle import ServableModel
+    from visionloop.bundle import Predictions, ServableModel
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,21 @@ class MicroBatcher:
         self.stats.images += len(images)
         self.stats.largest_batch = max(self.stats.largest_batch, len(images))
         ids = [str(uuid.uuid4()) for _ in images]
-        if self.log is not None:
+        self._log_batch(model, ids, images, predictions)
+        start = 0
+        for item in batch:
+            end = start + len(item.images)
+            result = BatchResult(model, predictions.probabilities[start:end], ids[start:end])
+            _deliver(item, result, None)
+            start = end
+
+    def _log_batch(
+        self, model: ServableModel, ids: list[str], images: list[np.ndarray], predictions: Predictions
+    ) -> None:
+        """Hand the batch to the prediction log; a failure there is logged and never costs an answer."""
+        if self.log is None:
+            return
+        try:
             self.log(
                 PendingPredictions(
                     ids=ids,
@@ -203,12 +217,8 @@ class MicroBatcher:
                     source=self.source,
                 )
             )
-        start = 0
-        for item in batch:
-            end = start + len(item.images)
-            result = BatchResult(model, predictions.probabilities[start:end], ids[start:end])
-            _deliver(item, result, None)
-            start = end
+        except Exception:  # noqa: BLE001 - the answers go out whatever happens to the log
+            log.exception("could not hand %d predictions to the prediction log", len(ids))
 
     @staticmethod
     def _fail(batch: list[_Item], error: BaseException) -> None:
