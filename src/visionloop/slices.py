@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import fisher_exact
 
-from visionloop.features import IMAGE_STAT_COLUMNS, image_statistics_many
+from visionloop.features import IMAGE_STAT_COLUMNS, image_stat_frame
 
 OVERALL = "overall"
 MISSING = "missing"
@@ -131,7 +131,7 @@ def build_slice_frame(
     for name, predicted in predictions.items():
         frame[name] = pd.Series(predicted, dtype=str).to_numpy()
     if stat_columns:
-        stats = pd.DataFrame(image_statistics_many(images), columns=IMAGE_STAT_COLUMNS)
+        stats = image_stat_frame(images)
         edges = tertile_edges(reference if reference is not None else stats, stat_columns)
         frame = pd.concat([frame, bin_statistics(stats, edges)], axis=1)
     meta_columns = list(metadata_columns)

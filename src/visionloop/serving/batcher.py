@@ -80,13 +80,11 @@ class MicroBatcher:
         max_wait_ms: float = 4.0,
         max_queue: int = 4096,
         log: Callable[[PendingPredictions], object] | None = None,
-        source: str = "rest",
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.get_model = get_model
         self.log = log
-        self.source = source
         self.max_batch = max_batch
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
@@ -213,8 +211,7 @@ class MicroBatcher:
                     reduction=model.reduction,
                     images=images,
                     probabilities=predictions.probabilities,
-                    embeddings=predictions.embeddings,
-                    source=self.source,
+                    embeddings=predictions.embeddings,  # source: "rest", PendingPredictions' default
                 )
             )
         except Exception:  # noqa: BLE001 - the answers go out whatever happens to the log
