@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# Offline hygiene: no telemetry, no update checks (also set in visionloop.settings).
+# Offline hygiene: no telemetry, no update checks (also set in visionloop.config).
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true

@@ -55,11 +55,11 @@ def generate_images(folder: Path, n: int, seed: int = 0) -> None:
 
 def build_model(bundle: str | None, model_uri: str | None):
     """A trained bundle / registered version, or an untrained network of params.yaml's shape (same compute)."""
-    from visionloop.batch import load_model
-    from visionloop.bundle import ServableModel
-    from visionloop.model import build_network
-    from visionloop.preprocess import build_pipeline, pipeline_to_json
-    from visionloop.settings import Settings
+    from visionloop.batch.job import load_model
+    from visionloop.config import Settings
+    from visionloop.models.bundle import ServableModel
+    from visionloop.training.model import build_network
+    from visionloop.training.preprocess import build_pipeline, pipeline_to_json
 
     settings = Settings.load()
     if bundle or model_uri:
@@ -92,7 +92,7 @@ def plain_loop(model, files: list[Path], batch_size: int) -> np.ndarray:
 
 
 def throughput(model, folder: Path, batch_size: int, rounds: int, work: Path) -> dict[str, float]:
-    from visionloop.batch import list_inputs, predict_batch
+    from visionloop.batch.job import list_inputs, predict_batch
 
     files = [folder / key for key in list_inputs(folder)]
     plain_loop(model, files[:batch_size], batch_size)  # warm-up (allocator, oneDNN kernels)
@@ -115,7 +115,7 @@ def memory_child(args: argparse.Namespace) -> None:
     """In a fresh process: load, note RSS, run predict_batch on the first N images, print peak RSS."""
     import shutil as _shutil
 
-    from visionloop.batch import list_inputs, predict_batch
+    from visionloop.batch.job import list_inputs, predict_batch
 
     model = build_model(args.bundle, args.model_uri)
     keys = list_inputs(args.images)[: args.child_memory]

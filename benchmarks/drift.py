@@ -5,7 +5,7 @@
 What it measures, with the same tests and Bonferroni thresholds as the monitor (``drift.run_drift_tests``,
 which the tests check against Evidently's report):
 
-* **The model.** By default the benchmark trains its own with ``visionloop.train`` and the project's
+* **The model.** By default the benchmark trains its own with ``visionloop.training.train`` and the project's
   parameters, on a stratified quarter of the train split (``train.limit_train_fraction``), in a temporary
   folder with its own MLflow store. The point is the images it does *not* train on: with the other three
   quarters besides val and test, ~1,480 digits are held out — enough for a reference profile and
@@ -19,7 +19,7 @@ which the tests check against Evidently's report):
   reduction, as at registration) and a current part of 1,000 images, so the reference also varies from
   trial to trial, as it would from one trained model to the next.
 * **No shift**: a window of ``n`` images drawn from the current part, without replacement.
-* **Image shifts** (``visionloop.corruptions``): the same draw, each image corrupted — Gaussian noise,
+* **Image shifts** (``visionloop.data.corruptions``): the same draw, each image corrupted — Gaussian noise,
   blur, brightness/contrast (washed out) and rotation at severities 1 (mild) and 2 (severe).
 * **Label shifts** (a random class per trial): *class removed* — half (mild) or all (severe) of the
   class knocked out of the window; *class boosted* — the class makes up 30 % (mild) or 60 % (severe) of
@@ -49,12 +49,12 @@ import numpy as np
 import pandas as pd
 from machine import describe  # benchmarks/machine.py (the script's folder is on sys.path)
 
-from visionloop.bundle import ServableModel
-from visionloop.corruptions import corrupt
-from visionloop.drift import run_drift_tests
-from visionloop.features import PROBABILITY_PREFIX, feature_columns, feature_frame, predict_in_chunks
-from visionloop.seams import DriftVerdict
-from visionloop.settings import Settings, apply_offline_environment
+from visionloop.config import Settings, apply_offline_environment
+from visionloop.contracts import DriftVerdict
+from visionloop.data.corruptions import corrupt
+from visionloop.models.bundle import ServableModel
+from visionloop.monitoring.drift import run_drift_tests
+from visionloop.monitoring.features import PROBABILITY_PREFIX, feature_columns, feature_frame, predict_in_chunks
 
 SIZES = (20, 50, 100, 200, 1000)
 IMAGE_SHIFTS = ("gaussian_noise", "blur", "brightness_contrast", "rotation")
@@ -85,11 +85,11 @@ class Pool:
 
 def train_benchmark_model(workdir: Path) -> tuple[ServableModel, pd.DataFrame, str]:
     """Train on a quarter of the train split under ``workdir``; the model and the manifest rows it never saw."""
-    from visionloop import pipeline
-    from visionloop.data import read_manifest
-    from visionloop.datamodule import stratified_subset
-    from visionloop.seams import DataVersion
-    from visionloop.train import train
+    from visionloop.contracts import DataVersion
+    from visionloop.data.ingest import read_manifest
+    from visionloop.training import pipeline
+    from visionloop.training.datamodule import stratified_subset
+    from visionloop.training.train import train
 
     # The benchmark's training runs go to its own MLflow store in workdir, not the project's.
     os.environ["VISIONLOOP_STATE_DIR"] = str(workdir / "state")
@@ -114,7 +114,7 @@ def train_benchmark_model(workdir: Path) -> tuple[ServableModel, pd.DataFrame, s
 
 def existing_model(settings: Settings, model_dir: Path) -> tuple[ServableModel, pd.DataFrame, str]:
     """A trained bundle and its val + test images (the prepared data it was trained with)."""
-    from visionloop.data import read_manifest
+    from visionloop.data.ingest import read_manifest
 
     manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
     held_out = manifest[manifest["split"].isin(["val", "test"])].reset_index(drop=True)
@@ -128,7 +128,7 @@ def existing_model(settings: Settings, model_dir: Path) -> tuple[ServableModel, 
 
 def held_out_pool(model: ServableModel, held_out: pd.DataFrame, source: str) -> Pool:
     """Features of the held-out images and of their corrupted versions."""
-    from visionloop.datamodule import load_images
+    from visionloop.training.datamodule import load_images
 
     images = load_images(held_out["abs_path"].tolist())
 

@@ -94,7 +94,7 @@ def register_model(bundle: Path, store: Path, sample: Path) -> None:
     import torch
     from PIL import Image
 
-    from visionloop.bundle import ServableModel
+    from visionloop.models.bundle import ServableModel
 
     model = ServableModel.from_dir(bundle)
     image = np.asarray(Image.open(sample))
@@ -403,7 +403,7 @@ class Servers:
 
 
 def server_environment(workdir: Path) -> dict[str, str]:
-    from visionloop.settings import OFFLINE_ENVIRONMENT
+    from visionloop.config import OFFLINE_ENVIRONMENT
 
     env = {**os.environ, **OFFLINE_ENVIRONMENT}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # mlflow models serve runs `uvicorn` from PATH

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 from machine import describe  # benchmarks/machine.py (the script's folder is on sys.path)
 
-from visionloop.settings import Settings, apply_offline_environment
+from visionloop.config import Settings, apply_offline_environment
 
 SIZES = (25, 100, 400)
 FE_ADAPTIVE_BN = "feature_extraction+bn"  # frozen weights, BatchNorm statistics re-estimated on the new data
@@ -94,8 +94,8 @@ def write_corrupted(rows: pd.DataFrame, directory: Path, seed: int) -> pd.DataFr
     """Corrupt the rows' images once (reproducibly) into ``directory``; the manifest rows point there."""
     from PIL import Image
 
-    from visionloop.corruptions import corrupt
-    from visionloop.datamodule import load_images
+    from visionloop.data.corruptions import corrupt
+    from visionloop.training.datamodule import load_images
 
     directory.mkdir(parents=True, exist_ok=True)
     images = corrupt(load_images(rows["abs_path"].tolist()), CORRUPTION, SEVERITY, seed=seed)
@@ -108,9 +108,9 @@ def write_corrupted(rows: pd.DataFrame, directory: Path, seed: int) -> pd.DataFr
 
 
 def build_pools(settings: Settings, model_dir: Path, workdir: Path) -> Pools:
-    from visionloop.corruptions import corrupt
-    from visionloop.data import read_manifest
-    from visionloop.datamodule import load_images
+    from visionloop.data.corruptions import corrupt
+    from visionloop.data.ingest import read_manifest
+    from visionloop.training.datamodule import load_images
 
     manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
     bundle_test = model_dir / "bundle" / "test_set" / "manifest.csv"
@@ -154,13 +154,11 @@ def train_once(settings: Settings, base, classes: list[str], rows: pd.DataFrame,
     import pytorch_lightning as pl
     import torch
 
-    from visionloop.datamodule import ImageDataModule
-    from visionloop.settings import deep_merge
-    from visionloop.train import build_classifier
+    from visionloop.training.datamodule import ImageDataModule
+    from visionloop.training.train import build_classifier
 
     epochs, _ = epochs_for(len(rows), steps)
-    run_settings = Settings(root=settings.root,
-                            params=deep_merge(settings.params, {"train": {"epochs": epochs, "batch_size": BATCH_SIZE}}))
+    run_settings = settings.with_overrides({"train": {"epochs": epochs, "batch_size": BATCH_SIZE}})
     datamodule = ImageDataModule(
         rows.assign(split="train"), classes, settings.section("augment")["train"], settings.section("augment")["eval"],
         batch_size=BATCH_SIZE, num_workers=0, seed=seed, origin_weights=origin_weights,
@@ -188,8 +186,8 @@ def train_once(settings: Settings, base, classes: list[str], rows: pd.DataFrame,
 
 def score(model_net, champion, pools: Pools) -> tuple[float, float]:
     """Accuracy on the drifted and on the clean test split, through the champion's eval pipeline."""
-    from visionloop.bundle import ServableModel
-    from visionloop.evaluate import evaluate_model
+    from visionloop.models.bundle import ServableModel
+    from visionloop.training.evaluate import evaluate_model
 
     servable = ServableModel(model_net, champion.eval_transform_json, champion.classes, champion.config)
     drifted = evaluate_model(servable, pools.drifted_test_images, pools.test_labels).metrics()["accuracy"]
@@ -201,8 +199,8 @@ def run(settings: Settings, model_dir: Path, sizes: list[int], seeds: int, steps
         workdir: Path, only: list[str] | None, production_weight: float) -> tuple[list[RunResult], tuple[float, float]]:
     import torch
 
-    from visionloop.bundle import ServableModel
-    from visionloop.train import load_base
+    from visionloop.models.bundle import ServableModel
+    from visionloop.training.train import load_base
 
     torch.set_num_threads(THREADS)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # after its import set its own levels

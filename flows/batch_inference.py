@@ -15,8 +15,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from tasks.batch import consolidate, list_inputs, predict_shard, resolve_model
-from visionloop.batch import OutputLayout, expand_output, shard_inputs
-from visionloop.settings import Settings
+from visionloop.batch.job import OutputLayout, expand_output, shard_inputs
+from visionloop.config import Settings
 
 
 def _tag_flow_run(run_tags: list[str]) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from visionloop.settings import Settings
+from visionloop.config import Settings
 from visionloop.stack import up
 
 DRIFT = ("new_camera", 2)  # blur + washed-out contrast + noise: ~17 % accuracy for a clean-trained v1
@@ -109,8 +109,8 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
     from prefect.deployments import run_deployment
 
     from flows.training import training
-    from visionloop.corruptions import corrupt
-    from visionloop.data import load_image, read_manifest
+    from visionloop.data.corruptions import corrupt
+    from visionloop.data.ingest import load_image, read_manifest
 
     rows: list[dict] = []
     try:
@@ -119,7 +119,7 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
         log(f"trained v{v1} on data {trained['data_version']}: test accuracy {trained['metrics']['accuracy']:.4f}, "
             f"aliases {trained['registration']['aliases']}")
         if "champion" not in trained["registration"]["aliases"]:  # a project that ran the demo before
-            from visionloop.registry import assign_champion
+            from visionloop.promotion.registry import assign_champion
 
             record = assign_champion(settings, v1, "the demo starts its story from a freshly trained model", "demo")
             log(f"{record.reason} (undo: `visionloop rollback`)")
@@ -160,7 +160,7 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
         log(f"monitor run {monitor_run.name}: {monitor_run.state.name}")
         retrain_run = wait_for_automated_retrain(since)
         log(f"retrain run {retrain_run.name} (created by the drift automation): {retrain_run.state.name}")
-        from visionloop.registry import registry_model_source
+        from visionloop.promotion.registry import registry_model_source
 
         champion = registry_model_source(settings).current_version()
         if champion == v1:

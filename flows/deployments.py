@@ -15,8 +15,8 @@ from flows.monitor import monitor
 from flows.promote import promote
 from flows.retrain import retrain
 from flows.training import training
-from visionloop.seams import DRIFT_EVENT, model_resource_id
-from visionloop.settings import Settings
+from visionloop.config import Settings
+from visionloop.contracts import DRIFT_EVENT, model_resource_id
 
 
 def drift_trigger(model_name: str) -> DeploymentEventTrigger:

@@ -20,8 +20,8 @@ from tasks.monitor import (
     read_window,
     save_report,
 )
-from visionloop.monitoring import alert_payload, new_output_dir
-from visionloop.settings import Settings
+from visionloop.config import Settings
+from visionloop.monitoring.monitor import alert_payload, new_output_dir
 
 
 @flow(name="monitor", log_prints=True)

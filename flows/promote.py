@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.retrain import promote as promotion_gate
-from visionloop.settings import Settings
+from visionloop.config import Settings
 
 
 @flow(name="promote", log_prints=True)

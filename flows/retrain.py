@@ -19,11 +19,11 @@ from tasks.retrain import (
     snapshot_data,
     train_challenger,
 )
-from visionloop import dvcrepo
-from visionloop.healing import RETRAIN_STARTED
-from visionloop.retrain import RetrainWorkspace
-from visionloop.seams import CHAMPION
-from visionloop.settings import Settings
+from visionloop.config import Settings
+from visionloop.contracts import CHAMPION
+from visionloop.data import dvcrepo
+from visionloop.healing.alerts import RETRAIN_STARTED
+from visionloop.healing.retrain import RetrainWorkspace
 
 
 @flow(name="retrain", log_prints=True)

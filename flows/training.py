@@ -16,9 +16,9 @@ from tasks.training import (
     train_model,
     version_data,
 )
-from visionloop import dvcrepo
-from visionloop.data import source_from_settings
-from visionloop.settings import Settings
+from visionloop.config import Settings
+from visionloop.data import dvcrepo
+from visionloop.data.ingest import source_from_settings
 
 STAGES = ["import", "prepare", "train", "evaluate", "register"]
 

@@ -8,9 +8,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from visionloop import healing
-from visionloop.seams import DRIFT_EVENT, DRIFT_SUPPRESSED_EVENT, model_resource_id
-from visionloop.settings import Settings
+from visionloop.config import Settings
+from visionloop.contracts import DRIFT_EVENT, DRIFT_SUPPRESSED_EVENT, model_resource_id
+from visionloop.healing import alerts as healing
 
 
 @task(name="raise drift alert", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

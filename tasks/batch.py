@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from visionloop import batch
+from visionloop.batch import job as batch
 
 
 @task(name="resolve model version", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -37,7 +37,7 @@ def predict_shard(
     torch_threads: int | None = None,
 ) -> dict[str, Any]:
     """Load the model once and predict this shard's inputs into the shared output."""
-    from visionloop.predlog import PredictionLog
+    from visionloop.store.predlog import PredictionLog
 
     if torch_threads:
         import torch

@@ -1,4 +1,4 @@
-"""Tasks of the monitor flow: one per step of visionloop.monitoring and visionloop.performance."""
+"""Tasks of the monitor flow: one per step of visionloop.monitoring.monitor and visionloop.monitoring.performance."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from visionloop import labeling, monitoring, performance
-from visionloop.monitoring import MonitoredModel, MonitorResult
-from visionloop.performance import PerformanceResult
-from visionloop.settings import Settings
+from visionloop.config import Settings
+from visionloop.labeling import queue as labeling
+from visionloop.monitoring import monitor as monitoring
+from visionloop.monitoring import performance
+from visionloop.monitoring.monitor import MonitoredModel, MonitorResult
+from visionloop.monitoring.performance import PerformanceResult
 
 
 @task(name="find champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -7,10 +7,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from visionloop import dvcrepo, healing, registry, retrain
-from visionloop.retrain import RetrainWorkspace
-from visionloop.seams import PromotionRecord
-from visionloop.settings import Settings
+from visionloop.config import Settings
+from visionloop.contracts import PromotionRecord
+from visionloop.data import dvcrepo
+from visionloop.healing import alerts as healing
+from visionloop.healing import retrain
+from visionloop.healing.retrain import RetrainWorkspace
+from visionloop.promotion import registry
 
 
 @task(name="decide whether to retrain", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

@@ -1,4 +1,4 @@
-"""Tasks of the training pipeline: one per DVC stage, each calling visionloop.pipeline."""
+"""Tasks of the training pipeline: one per DVC stage, each calling visionloop.training.pipeline."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from visionloop import dvcrepo, pipeline
-from visionloop.data import source_from_settings
-from visionloop.lineage import data_version
-from visionloop.seams import DataVersion
-from visionloop.settings import Settings
+from visionloop.config import Settings
+from visionloop.contracts import DataVersion
+from visionloop.data import dvcrepo
+from visionloop.data.ingest import source_from_settings
+from visionloop.data.lineage import data_version
+from visionloop.training import pipeline
 
 
 @task(name="import embedded data", cache_policy=NO_CACHE)

@@ -1,6 +1,6 @@
 """visionloop: the closed loop for a computer-vision image classifier."""
 
-from visionloop.settings import apply_offline_environment
+from visionloop.config import apply_offline_environment
 
 apply_offline_environment()
 

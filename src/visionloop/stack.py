@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from visionloop.settings import Settings
+from visionloop.config import Settings
 
 HOST = "127.0.0.1"
 PORTS = {"prefect": 4200, "mlflow": 5000, "serve": 8000, "evidently": 8001}

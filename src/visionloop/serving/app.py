@@ -34,18 +34,18 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from visionloop.data import TOO_LARGE, InvalidImage, validate_image_bytes
-from visionloop.predlog import PredictionLog, PredictionLogWriter
-from visionloop.predlog_process import ProcessLogWriter
-from visionloop.seams import LINEAGE_TAGS
+from visionloop.contracts import LINEAGE_TAGS
+from visionloop.data.ingest import TOO_LARGE, InvalidImage, validate_image_bytes
 from visionloop.serving.auth import token_dependencies
 from visionloop.serving.batcher import MicroBatcher, NoModelLoaded, Overloaded
-from visionloop.serving.labeling import labeling_router
 from visionloop.serving.reload import ModelManager
+from visionloop.serving.routes.labeling import labeling_router
 from visionloop.serving.sources import ModelSource
+from visionloop.store.predlog import PredictionLog, PredictionLogWriter
+from visionloop.store.writer_process import ProcessLogWriter
 
 if TYPE_CHECKING:
-    from visionloop.settings import Settings
+    from visionloop.config import Settings
 
 log = logging.getLogger(__name__)
 

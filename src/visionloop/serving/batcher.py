@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from visionloop.predlog import PendingPredictions
+from visionloop.store.predlog import PendingPredictions
 
 if TYPE_CHECKING:
-    from visionloop.bundle import Predictions, ServableModel
+    from visionloop.models.bundle import Predictions, ServableModel
 
 log = logging.getLogger(__name__)
 

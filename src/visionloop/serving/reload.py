@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from visionloop.bundle import ServableModel
+    from visionloop.models.bundle import ServableModel
     from visionloop.serving.sources import ModelSource
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def warm_up_and_check(model: ServableModel, max_batch: int = 32) -> None:
     by the version's drift reduction; the same answer for an image alone and inside a full batch
     (a network left in training mode fails this).
     """
-    from visionloop.features import reduce_embeddings
+    from visionloop.monitoring.features import reduce_embeddings
 
     if not model.classes or len(set(model.classes)) != len(model.classes):
         raise ModelCheckFailed(f"classes must be distinct and non-empty, got {model.classes!r}")

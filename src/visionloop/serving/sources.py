@@ -2,7 +2,7 @@
 
 The server only needs two calls: ``current_version()`` (cheap, polled every ``serving.poll_seconds``:
 where the alias points now) and ``load(version)`` (slow: returns a ``ServableModel`` whose ``version``
-is that version). The registry-backed source is ``visionloop.registry.registry_model_source``.
+is that version). The registry-backed source is ``visionloop.promotion.registry.registry_model_source``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from visionloop.seams import CHAMPION
+from visionloop.contracts import CHAMPION
 
 if TYPE_CHECKING:
-    from visionloop.bundle import ServableModel
-    from visionloop.settings import Settings
+    from visionloop.config import Settings
+    from visionloop.models.bundle import ServableModel
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
@@ -44,7 +44,7 @@ class LocalBundleSource:
         return self.version
 
     def load(self, version: str) -> ServableModel:
-        from visionloop.bundle import ServableModel
+        from visionloop.models.bundle import ServableModel
 
         return ServableModel.from_dir(self.directory, name=self.name, version=version)
 
@@ -69,14 +69,13 @@ def source_from_uri(settings: Settings, uri: str | None) -> ModelSource:
     None → follow ``registry.model_name@champion``; ``models:/NAME@ALIAS`` → follow that alias;
     ``models:/NAME/VERSION`` → that version only; a folder → a local bundle (``seams.BUNDLE_FILES``).
     """
-    from visionloop.settings import Settings, deep_merge
 
     def registry(name: str | None, alias: str) -> ModelSource:
-        from visionloop.registry import registry_model_source
+        from visionloop.promotion.registry import registry_model_source
 
         named = settings
         if name is not None and name != settings.model_name:
-            named = Settings(root=settings.root, params=deep_merge(settings.params, {"registry": {"model_name": name}}))
+            named = settings.with_overrides({"registry": {"model_name": name}})
         return registry_model_source(named, alias=alias)
 
     if uri is None:

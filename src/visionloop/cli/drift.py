@@ -1,0 +1,106 @@
+"""``visionloop drift``: ad-hoc drift check between two image folders, or a stored profile and a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from visionloop.config import Settings
+    from visionloop.models.bundle import ServableModel
+
+
+def load_model(spec: str, settings: Settings) -> ServableModel:
+    """A model from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a bundle folder."""
+    from visionloop.models.bundle import ServableModel, load_registered
+
+    if spec.startswith("models:/"):
+        return load_registered(spec, settings.tracking_uri)
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {spec!r} is neither a models:/ URI nor a bundle folder")
+    return ServableModel.from_dir(path, name=path.resolve().name, version="local")
+
+
+def champion_model(settings: Settings) -> ServableModel | None:
+    """The registry's champion, or None (with a note on stderr) when there is no registry or no champion."""
+    from mlflow.exceptions import MlflowException
+
+    from visionloop.contracts import CHAMPION
+    from visionloop.models.bundle import load_registered
+
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        typer.echo("note: no model registry yet; image statistics only (use --model for more)", err=True)
+        return None
+    try:
+        model = load_registered(f"models:/{settings.model_name}@{CHAMPION}", uri)
+    except MlflowException as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        typer.echo(f"note: no champion of {settings.model_name} ({first_line}); image statistics only", err=True)
+        return None
+    typer.echo(f"note: using the champion {model.name} v{model.version} for embedding and output features", err=True)
+    return model
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("drift")
+    def drift_command(
+        reference: Path = typer.Argument(
+            ..., help="Reference: a folder of images (searched recursively) or a reference_profile.parquet."
+        ),
+        current: Path = typer.Argument(..., help="Current: a folder of images (searched recursively)."),
+        model: str = typer.Option(
+            None,
+            "--model",
+            help="models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder: adds the model's reduced "
+            "embedding and outputs to the features. Default: the registry's champion, if there is one.",
+        ),
+        stats_only: bool = typer.Option(
+            False, "--stats-only", help="Image statistics only, even when there is a champion."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON (machine-readable)."),
+        report: Path = typer.Option(None, "--report", help="Also write Evidently's HTML report to this file."),
+    ) -> None:
+        """Test whether CURRENT images drifted from REFERENCE (Bonferroni-corrected per-feature tests).
+
+        Exit code 0 whether or not drift is found; non-zero only on error.
+        """
+        from visionloop.config import Settings
+        from visionloop.monitoring.drift import check_folders, save_report_html, verdict_json
+
+        settings = Settings.load()
+        try:
+            servable = None
+            if model:
+                servable = load_model(model, settings)
+            elif not stats_only:
+                servable = champion_model(settings)
+            result = check_folders(reference, current, settings, model=servable)
+        except (FileNotFoundError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        for path, reason in result.refused:
+            typer.echo(f"skipped {path}: {reason}", err=True)
+        if report is not None:
+            save_report_html(result.snapshot, report)
+            typer.echo(f"report: {report}", err=True)
+        verdict = result.verdict
+        if as_json:
+            typer.echo(verdict_json(verdict))
+            return
+        typer.echo(
+            f"drift: {'yes' if verdict.drift else 'no'}  severity: {verdict.severity}  "
+            f"drifted: {len(verdict.drifted_features)}/{len(verdict.features)} features  "
+            f"alpha: {verdict.alpha} (Bonferroni)  "
+            f"reference: {verdict.n_reference}  current: {verdict.n_current}"
+        )
+        typer.echo(f"{'feature':<16} {'test':<16} {'statistic':>9} {'p-value':>10} {'threshold':>10}  drifted")
+        for f in verdict.features:
+            p_value = "-" if f.p_value is None else f"{f.p_value:.3g}"
+            typer.echo(
+                f"{f.feature:<16} {f.test:<16} {f.statistic:>9.3f} {p_value:>10} {f.threshold:>10.3g}  "
+                f"{'YES' if f.drifted else 'no'}"
+            )

@@ -1,0 +1,101 @@
+"""Commands for the whole loop: the embedded stack (up, down, ui), retrain, and the demo."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("up")
+    def up_command(
+        serve: bool = typer.Option(True, help="Start the REST server (follows the champion alias)."),
+        deployments: bool = typer.Option(True, help="Serve the Prefect deployments (schedules, drift trigger)."),
+    ) -> None:
+        """Start the embedded stack on 127.0.0.1: Prefect server, MLflow server, Evidently UI, REST server and
+        the project's deployments. Servers given by PREFECT_API_URL / MLFLOW_TRACKING_URI are used instead."""
+        from visionloop.config import Settings
+        from visionloop.stack import up
+
+        urls = up(Settings.load(), serve=serve, deployments=deployments, echo=typer.echo)
+        typer.echo(f"\nPrefect UI  {urls.prefect_ui}\nMLflow UI   {urls.mlflow}\nEvidently   {urls.evidently}\n"
+                   f"REST API    {urls.serve}/docs\nStop with: visionloop down")
+
+    @app.command("demo")
+    def demo_command(
+        keep: bool = typer.Option(False, help="Leave the stack running afterwards, to browse the UIs."),
+    ) -> None:
+        """Run the whole lifecycle on the embedded digits: train v1, serve, drift, alert, retrain v2, promote,
+        hot-swap — then print what happened and stop what it started."""
+        from flows.demo import run_demo
+
+        run_demo(keep=keep, echo=typer.echo)
+
+    @app.command("retrain")
+    def retrain_command() -> None:
+        """Retrain now, as the drift alert would: new data version with the feedback labels, fine-tune the
+        champion (retrain.strategy), register, gate. Runs the `retrain` Prefect flow in this process."""
+        from flows.retrain import retrain
+
+        result = retrain(trigger="cli")
+        typer.echo(result)
+
+    @app.command("alert")
+    def alert_command(
+        severity: str = typer.Option("warning", help="none | warning | critical (critical overrides the cooldown)."),
+        reason: str = typer.Option("raised by hand", help="Why, for the record."),
+    ) -> None:
+        """Raise a drift alert by hand, exactly as `monitor` does: recorded, and the retrain event emitted unless
+        the cooldown or a running retrain suppresses it. Needs a Prefect server (PREFECT_API_URL or `up`)."""
+        from prefect.events.worker import EventsWorker
+
+        from tasks.alerts import raise_drift_alert
+        from visionloop.config import Settings
+
+        settings = Settings.load()
+        payload = {"drift": True, "severity": severity, "reason": reason, "model_name": settings.model_name}
+        decision = raise_drift_alert.fn(settings, payload)
+        EventsWorker.drain_all()
+        typer.echo(f"alert {decision.alert_id}: {decision.action} ({decision.reason})")
+
+    @app.command("alerts")
+    def alerts_command(limit: int = typer.Option(20, help="How many, newest first.")) -> None:
+        """Show the recorded drift alerts and what was done about each."""
+        from visionloop.config import Settings
+        from visionloop.healing.alerts import AlertLog
+
+        settings = Settings.load()
+        table = AlertLog(settings.db_url).history(settings.model_name, limit=limit)
+        if table.empty:
+            typer.echo("no alerts recorded")
+            return
+        columns = ["created_at", "severity", "action", "reason", "outcome"]
+        typer.echo(table[columns].to_string(index=False))
+
+    @app.command("down")
+    def down_command() -> None:
+        """Stop what `visionloop up` started (by PID, nothing else)."""
+        from visionloop.config import Settings
+        from visionloop.stack import down
+
+        if not down(Settings.load(), echo=typer.echo):
+            typer.echo("nothing to stop")
+
+    @app.command("ui")
+    def ui_command(open_browser: bool = typer.Option(False, "--open", help="Open the UIs in a web browser.")) -> None:
+        """Print the addresses of the Prefect, MLflow and Evidently UIs and the REST API docs."""
+        import webbrowser
+
+        from visionloop.config import Settings
+        from visionloop.stack import reachable, urls
+
+        u = urls(Settings.load())
+        for name, url, health in (
+            ("Prefect", u.prefect_ui, f"{u.prefect_api}/health"),
+            ("MLflow", u.mlflow, f"{u.mlflow}/health"),
+            ("Evidently", u.evidently, f"{u.evidently}/api/projects"),
+            ("REST API", f"{u.serve}/docs", f"{u.serve}/health"),
+        ):
+            state = "up" if reachable(health) else "down"
+            typer.echo(f"{name:<10} {url:<40} {state}")
+            if open_browser and state == "up":
+                webbrowser.open(url)

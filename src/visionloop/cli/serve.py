@@ -1,0 +1,49 @@
+"""``visionloop serve``: the REST server over the registry's champion (hot reload when it moves)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve_command(
+        host: str = typer.Option(None, help="Interface to bind (default serving.host: 127.0.0.1, loopback only)."),
+        port: int = typer.Option(None, help="Port (default serving.port: 8000)."),
+        model_uri: str = typer.Option(
+            None,
+            help="Serve something other than the champion: models:/NAME@ALIAS (follow that alias), "
+            "models:/NAME/VERSION (one fixed version, no reload) or a bundle folder.",
+        ),
+        log_level: str = typer.Option("info", help="debug | info | warning | error."),
+    ) -> None:
+        """Serve predictions over HTTP: POST /predict, POST /feedback, GET /health /ready /model, /docs.
+
+        Follows the champion alias (checked every serving.poll_seconds) and swaps in a new version only
+        after it loaded and predicted a sample. Every prediction is logged (VISIONLOOP_DB_URL) with its
+        input image (serving.image_dir). Set VISIONLOOP_TOKEN to require a bearer token.
+        """
+        import logging
+
+        import uvicorn
+
+        from visionloop.config import Settings
+        from visionloop.serving.app import create_app
+        from visionloop.serving.sources import source_from_uri
+
+        settings = Settings.load()
+        cfg = settings.section("serving")
+        bind_host = host or cfg.get("host", "127.0.0.1")
+        bind_port = int(port or cfg.get("port", 8000))
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if bind_host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
+            typer.secho(
+                f"warning: serving on {bind_host} without a token; set VISIONLOOP_TOKEN to require one",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+        try:
+            source = source_from_uri(settings, model_uri)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--model-uri") from None
+        uvicorn.run(create_app(settings, source), host=bind_host, port=bind_port, log_level=log_level.lower())

@@ -1,0 +1,226 @@
+"""The typed form of ``params.yaml``: one pydantic model per section, unknown keys refused.
+
+``params.yaml`` is the single source of defaults: no field here has a default, so a key missing
+from the file is an error just like a misspelled one (``extra="forbid"``). DVC keeps reading the
+same YAML; the code reads only these typed fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    """A params.yaml section: every key required, no unknown key, values checked once at load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+AugmentStep = dict[str, dict[str, Any]]  # {AlbumentationsName: kwargs}
+
+
+class DataParams(Section):
+    source: str
+    raw_dir: str
+    prepared_dir: str
+    image_size: int = Field(gt=0)
+    channels: Literal[1, 3]
+    min_side: int = Field(gt=0)
+    max_pixels: int = Field(gt=0)
+    val_fraction: float = Field(ge=0, lt=1)
+    test_fraction: float = Field(ge=0, lt=1)
+
+
+class AugmentParams(Section):
+    train: list[AugmentStep]
+    eval: list[AugmentStep]
+
+
+class ModelParams(Section):
+    widths: list[int]
+    embedding_dim: int = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+
+
+Strategy = Literal["full", "fine_tuning", "feature_extraction"]
+
+
+class TrainParams(Section):
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    num_workers: int = Field(ge=0)
+    strategy: Strategy
+    base: str | None
+    fine_tune_lr_factor: float = Field(gt=0)
+    fine_tune_blocks: int = Field(ge=0)
+    limit_train_fraction: float = Field(gt=0, le=1)
+    origin_weights: dict[str, float]
+
+
+class MlflowParams(Section):
+    experiment: str
+    monitoring_experiment: str
+    promotion_experiment: str
+
+
+class QualityRule(Section):
+    metric: str
+    threshold: float
+
+
+class SliceParams(Section):
+    image_stats: list[str]
+    metadata: list[str]
+    min_size: int = Field(ge=1)
+
+
+class GateParams(Section):
+    metric: str
+    margin: float
+    class_tolerance: float = Field(ge=0)
+    slice_tolerance: float = Field(ge=0)
+    slices: SliceParams
+    production_window: int = Field(ge=0)
+
+
+class RegistryParams(Section):
+    model_name: str
+    min_quality: QualityRule
+    gate: GateParams
+    lock_timeout_seconds: float = Field(gt=0)
+
+
+class ServingParams(Section):
+    host: str
+    port: int = Field(gt=0, lt=65536)
+    max_batch: int = Field(gt=0)
+    max_wait_ms: float = Field(ge=0)
+    max_payload_bytes: int = Field(gt=0)
+    max_pixels: int = Field(gt=0)
+    poll_seconds: float = Field(gt=0)
+    token: str | None
+    max_images: int = Field(gt=0)
+    image_dir: str | None
+    log_queue: int = Field(gt=0)
+    log_writer: Literal["process", "thread"]
+    torch_threads: int = Field(gt=0)
+
+
+class BatchParams(Section):
+    batch_size: int = Field(gt=0)
+    shards: int = Field(gt=0)
+    num_workers: int = Field(ge=0)
+    part_size: int = Field(gt=0)
+    log_predictions: bool
+    torch_threads: int | None
+    input_dir: str
+    output_dir: str
+
+
+class MonitoringParams(Section):
+    window: int = Field(gt=0)
+    min_window: int = Field(gt=0)
+    alpha: float = Field(gt=0, lt=1)
+    critical_share: float = Field(gt=0, le=1)
+    critical_distance: float = Field(gt=0, le=1)
+    outlier_images: int = Field(ge=0)
+    label_window: int = Field(gt=0)
+    min_labels: int = Field(gt=0)
+    degradation_threshold: float = Field(ge=0)
+    degradation_critical: float = Field(ge=0)
+    embedding_components: int = Field(gt=0)
+    cron: str
+
+
+class RetrainParams(Section):
+    strategy: Strategy
+    epochs: int = Field(gt=0)
+    origin_weights: dict[str, float]
+    cooldown_seconds: float = Field(ge=0)
+    max_runtime_seconds: float = Field(gt=0)
+
+
+class SchedulesParams(Section):
+    batch_inference_cron: str
+
+
+class RuleParams(Section):
+    """What every sampling rule of the labeling queue has; ``cap_per_hour: null`` means no cap."""
+
+    cap_per_hour: int | None = Field(ge=0)
+    weight: float = Field(ge=0)
+
+
+class LowConfidenceRule(RuleParams):
+    threshold: float = Field(gt=0, le=1)
+
+
+class DriftRule(RuleParams):
+    quantile: float = Field(gt=0, lt=0.5)
+
+
+class RandomRule(RuleParams):
+    rate: float = Field(ge=0, le=1)
+
+
+class ReviewParams(Section):
+    method: Literal["prune_by_noise_rate", "confident_joint"]
+    folds: int = Field(ge=2)
+    C: float = Field(gt=0)
+    splits: list[Literal["train", "val", "test"]]
+    output: str
+
+
+class LabelingParams(Section):
+    low_confidence: LowConfidenceRule
+    disagreement: RuleParams
+    drift: DriftRule
+    random: RandomRule
+    scan_overlap_seconds: float = Field(ge=0)
+    lease_seconds: float = Field(gt=0)
+    review: ReviewParams
+
+
+class Params(Section):
+    """The whole ``params.yaml``."""
+
+    seed: int
+    data: DataParams
+    augment: AugmentParams
+    model: ModelParams
+    train: TrainParams
+    mlflow: MlflowParams
+    registry: RegistryParams
+    serving: ServingParams
+    batch: BatchParams
+    monitoring: MonitoringParams
+    retrain: RetrainParams
+    schedules: SchedulesParams
+    labeling: LabelingParams
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` does not match :class:`Params`: names the file, each key path and what was expected."""
+
+
+def validate_params(raw: dict[str, Any], source: Path | str) -> Params:
+    """Typed params from the YAML mapping, or a :class:`ParamsError` listing every bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            if item["type"] == "extra_forbidden":
+                expected = "an unknown key (misspelled?); remove it or fix its name"
+            elif item["type"] == "missing":
+                expected = "a required key that is missing"
+            else:
+                expected = f"{item['msg']} (got {item.get('input')!r})"
+            problems.append(f"  {key}: {expected}")
+        raise ParamsError(f"{source} is not valid:\n" + "\n".join(problems)) from None

@@ -1,0 +1,114 @@
+"""Every table of the project's database, in one SQLAlchemy metadata (migrated by Alembic).
+
+The prediction log, the labeling queue and its scans, label-review decisions and drift alerts live
+in one database (``Settings.db_url``). Modules import their tables from here; the schema changes only
+through a migration under ``visionloop/store/migrations``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+PREDICTIONS = "predictions"
+LABEL_QUEUE = "label_queue"
+LABEL_QUEUE_SCANS = "label_queue_scans"
+LABEL_REVIEW = "label_review"
+ALERTS = "alerts"
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Naive datetimes are taken as UTC; aware ones are converted."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+predictions_table = sa.Table(
+    PREDICTIONS,
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False, index=True),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("probabilities", sa.Text, nullable=False),  # JSON {class: p}
+    sa.Column("features", sa.Text, nullable=False),  # JSON {feature: value}
+    sa.Column("image_path", sa.Text, nullable=True),
+    sa.Column("source", sa.String(32), nullable=False, default="rest"),
+    sa.Column("feedback_label", sa.String(200), nullable=True),
+    sa.Column("feedback_at", UTCDateTime(), nullable=True),
+)
+
+label_queue_table = sa.Table(
+    LABEL_QUEUE,
+    metadata,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("priority", sa.Float, nullable=False),
+    sa.Column("enqueued_at", UTCDateTime(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("done_at", UTCDateTime(), nullable=True),
+    sa.Column("predicted_at", UTCDateTime(), nullable=False, index=True),  # caps count per hour of traffic
+    sa.Column("drifted", sa.Boolean, nullable=False, default=False),  # matched the drift rule when scanned
+    sa.Column("claimed_by", sa.String(64), nullable=True),  # a labeler's session holding the item
+    sa.Column("claimed_until", UTCDateTime(), nullable=True),
+)
+label_scans_table = sa.Table(
+    LABEL_QUEUE_SCANS,
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scanned_at", UTCDateTime(), nullable=False),
+    sa.Column("through", UTCDateTime(), nullable=True),  # newest prediction time examined
+    sa.Column("examined", sa.Integer, nullable=False),
+    sa.Column("result", sa.Text, nullable=False),  # JSON EnqueueResult
+)
+
+label_review_table = sa.Table(
+    LABEL_REVIEW,
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),  # canonical pixels (data.pixel_sha256)
+    sa.Column("path", sa.Text, nullable=False),  # in the prepared data, when decided
+    sa.Column("given_label", sa.String(200), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # confirmed | corrected
+    sa.Column("new_label", sa.String(200), nullable=True),
+    sa.Column("model_version", sa.String(64), nullable=True),  # the version that disputed the label
+    sa.Column("decided_at", UTCDateTime(), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=True),
+    sa.Column("snapshot", sa.Text, nullable=True),  # the snapshot folder that carries the correction
+    sa.Column("data_version", sa.String(64), nullable=True),
+)
+
+alerts_table = sa.Table(
+    ALERTS,
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),  # see ACTIONS
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # the drift verdict summary (seams.DriftVerdict.summary)
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("outcome", sa.Text, nullable=True),  # promoted v3 / refused: … / failed: …
+)

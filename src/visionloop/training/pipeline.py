@@ -1,0 +1,96 @@
+"""The training pipeline's steps, with their inputs and outputs taken from ``params.yaml``.
+
+Each function is one DVC stage (``dvc.yaml`` runs it through the CLI) and one Prefect task
+(``tasks/training.py``): a single implementation of each step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from visionloop.config import Settings
+
+MODEL_DIR = "models"
+METRICS_FILE = "metrics.json"
+PLOTS_DIR = "reports/plots"
+REGISTRATION_FILE = "reports/registration.json"
+
+
+def import_step(settings: Settings) -> int:
+    """Write the embedded data set (sklearn digits) as PNG files; returns the number written."""
+    from visionloop.data.ingest import import_digits
+
+    data = settings.section("data")
+    return import_digits(settings.path(data["raw_dir"]), int(data["image_size"]))
+
+
+def prepare_step(settings: Settings):
+    """Validate, canonicalise and split the source images; quarantine what is bad."""
+    from visionloop.data.ingest import prepare_from_settings
+
+    return prepare_from_settings(settings)
+
+
+def train_step(settings: Settings, trigger: str = "cli", **kwargs: Any):
+    from visionloop.training.train import train
+
+    return train(settings, out_dir=settings.path(MODEL_DIR), trigger=trigger, **kwargs)
+
+
+def evaluate_step(settings: Settings, model_dir: Path | None = None):
+    from visionloop.training.evaluate import run_evaluation
+
+    return run_evaluation(
+        settings,
+        model_dir or settings.path(MODEL_DIR),
+        settings.path(settings.section("data")["prepared_dir"]),
+        settings.path(METRICS_FILE),
+        settings.path(PLOTS_DIR),
+    )
+
+
+def slices_step(settings: Settings, model_dir: Path | None = None) -> tuple[Any, Path]:
+    """Accuracy per slice of the trained model on the test split (`evaluate --slices`), logged to its run."""
+    import mlflow
+    import pandas as pd
+
+    from visionloop.contracts import BUNDLE_FILES
+    from visionloop.data.ingest import RESERVED_COLUMNS, read_manifest
+    from visionloop.models.bundle import ServableModel
+    from visionloop.models.tracking import use_tracking
+    from visionloop.monitoring.performance import slice_report
+    from visionloop.training.datamodule import load_images
+
+    model_dir = model_dir or settings.path(MODEL_DIR)
+    model = ServableModel.from_dir(model_dir, name=settings.model_name, version="trained")
+    manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    meta = test[[c for c in test.columns if c not in RESERVED_COLUMNS]]
+    reference = pd.read_parquet(model_dir / BUNDLE_FILES["reference_profile"])
+    table, plot = slice_report(settings, model, load_images(test["abs_path"].tolist()), test["label"].tolist(),
+                               meta if len(meta.columns) else None, reference=reference,
+                               out_dir=settings.path(PLOTS_DIR) / "slices")
+    run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
+    use_tracking(settings)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifacts(str(plot.parent), artifact_path="evaluation/slices")
+        mlflow.log_metric("test/n_flagged_slices", float(table["flagged"].sum()))
+    return table, plot
+
+
+def register_step(settings: Settings, trigger: str = "cli", model_dir: Path | None = None) -> dict[str, Any]:
+    """Register the trained run's model; the first good one becomes champion."""
+    from visionloop.promotion.registry import register_run
+
+    run = json.loads(((model_dir or settings.path(MODEL_DIR)) / "run.json").read_text())
+    metrics = json.loads(settings.path(METRICS_FILE).read_text())
+    headline = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    registered = register_run(settings, run["run_id"], headline, trigger=trigger)
+    record = {"run_id": run["run_id"], "model_name": settings.model_name, "version": str(registered.version),
+              "aliases": list(registered.aliases)}
+    path = settings.path(REGISTRATION_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,261 @@
+"""Training: a Lightning run on a prepared manifest, tracked in MLflow, saved as a model bundle.
+
+Transfer learning starts from a base model (a registry version or a local checkpoint) with one of
+the strategies in ``visionloop.training.model.STRATEGIES``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionloop.config import Settings
+from visionloop.contracts import BUNDLE_FILES, DataVersion
+
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+
+
+@dataclass
+class BaseWeights:
+    """Weights to start from, with what it takes to rebuild their network."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    classes: list[str] | None
+    uri: str
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    out_dir: Path
+    bundle_dir: Path
+    classes: list[str]
+    best_val_acc: float
+    data_version: DataVersion
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "bundle_dir": str(self.bundle_dir),
+            "classes": self.classes,
+            "best_val_acc": self.best_val_acc,
+            "data_version": self.data_version.dvc_hash,
+        }
+
+
+def load_base(base: str, settings: Settings) -> BaseWeights:
+    """Read base weights from ``models:/…``, a bundle folder, a ``.pt`` state_dict or a Lightning ``.ckpt``."""
+    from visionloop.models.bundle import load_registered
+
+    if base.startswith("models:/"):
+        model = load_registered(base, settings.tracking_uri)
+        return BaseWeights(model.network.state_dict(), model.config, model.classes, f"{base} (v{model.version})")
+    path = Path(base)
+    if path.is_dir():
+        config = json.loads((path / BUNDLE_FILES["config"]).read_text())
+        classes = json.loads((path / BUNDLE_FILES["classes"]).read_text())
+        state = torch.load(path / BUNDLE_FILES["state_dict"], map_location="cpu", weights_only=True)
+        return BaseWeights(state, config, classes, str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"base model {base!r} is neither a models:/ URI nor an existing file or bundle")
+    if path.suffix == ".ckpt":
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        hp = checkpoint.get("hyper_parameters", {})
+        state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+        config = {k: hp[k] for k in ("num_classes", "in_channels", "widths", "embedding_dim", "dropout")}
+        return BaseWeights(state, config, None, str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config_path = path.with_name("model_config.json")
+    if not config_path.exists():
+        raise FileNotFoundError(f"a .pt state_dict needs its architecture beside it: {config_path}")
+    return BaseWeights(state, json.loads(config_path.read_text()), None, str(path))
+
+
+def build_classifier(settings: Settings, classes: list[str], base: BaseWeights | None, strategy: str):
+    """The LightningModule: fresh from params, or the base architecture with its weights loaded."""
+    from visionloop.training.model import ImageClassifier
+
+    train_params = settings.section("train")
+    arch = dict(base.config) if base else {
+        "in_channels": settings.section("data").get("channels", 1),
+        **{k: settings.section("model")[k] for k in ("widths", "embedding_dim", "dropout")},
+    }
+    arch["num_classes"] = len(classes)
+    lr = float(train_params["lr"])
+    if base and strategy == "fine_tuning":
+        lr *= float(train_params.get("fine_tune_lr_factor", 0.3))
+    model = ImageClassifier(
+        **arch,
+        lr=lr,
+        weight_decay=float(train_params["weight_decay"]),
+        epochs=int(train_params["epochs"]),
+        strategy=strategy if base else "full",
+        fine_tune_blocks=int(train_params.get("fine_tune_blocks", 1)),
+    )
+    if base:
+        state = base.state_dict
+        same_head = base.classes == classes and base.config["num_classes"] == len(classes)
+        if not same_head:  # a new head for a new set of classes; the backbone transfers
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        model.net.load_state_dict(state, strict=same_head)
+    model.apply_strategy()
+    return model
+
+
+def train(
+    settings: Settings,
+    *,
+    prepared_dir: Path | None = None,
+    out_dir: Path | None = None,
+    base: str | None = None,
+    strategy: str | None = None,
+    data_version: DataVersion | None = None,
+    trigger: str = "cli",
+    run_name: str | None = None,
+) -> TrainResult:
+    """Train on the prepared data set, log the run to MLflow, write the model bundle to ``out_dir``."""
+    import mlflow
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from visionloop.data.ingest import read_manifest, source_from_settings
+    from visionloop.data.lineage import data_version as compute_data_version
+    from visionloop.data.lineage import git_commit, git_dirty
+    from visionloop.models.tracking import flatten, use_tracking
+    from visionloop.training.datamodule import ImageDataModule, class_names
+
+    data_params, train_params = settings.section("data"), settings.section("train")
+    prepared_dir = prepared_dir or settings.path(data_params["prepared_dir"])
+    out_dir = out_dir or settings.path("models")
+    base = base if base is not None else train_params.get("base")
+    strategy = strategy or train_params.get("strategy", "full")
+    data_version = data_version or compute_data_version(settings.root, source_from_settings(settings))
+
+    pl.seed_everything(settings.seed, workers=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    manifest = read_manifest(prepared_dir)
+    base_weights = load_base(base, settings) if base else None
+    classes = base_weights.classes if base_weights and base_weights.classes else class_names(manifest)
+    classes = classes if set(class_names(manifest)) <= set(classes) else class_names(manifest)
+    datamodule = ImageDataModule(
+        manifest,
+        classes,
+        settings.section("augment")["train"],
+        settings.section("augment")["eval"],
+        batch_size=int(train_params["batch_size"]),
+        num_workers=int(train_params.get("num_workers", 0)),
+        seed=settings.seed,
+        limit_train_fraction=float(train_params.get("limit_train_fraction", 1.0)),
+        origin_weights=train_params.get("origin_weights"),
+    )
+    model = build_classifier(settings, classes, base_weights, strategy)
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    (out_dir / "checkpoints").mkdir(parents=True)
+    experiment_id = use_tracking(settings)
+    tags = {
+        "git_commit": git_commit(settings.root),
+        "git_dirty": str(git_dirty(settings.root)).lower(),
+        **data_version.as_tags(),
+        "params_hash": settings.params_hash,
+        "base_model": base_weights.uri if base_weights else "none",
+        "strategy": model.hparams.strategy,
+        "trigger": trigger,
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        mlflow.log_params(flatten(settings.params.model_dump(mode="json")))
+        mlflow.log_params({"effective.lr": model.hparams.lr, "effective.strategy": model.hparams.strategy,
+                           "effective.n_classes": len(classes)})
+        _log_data_report(prepared_dir)
+        checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc",
+                                     mode="max", save_top_k=1, save_last=False)
+        trainer = pl.Trainer(
+            max_epochs=int(train_params["epochs"]),
+            accelerator="cpu",
+            deterministic=True,
+            logger=MLFlowLogger(tracking_uri=settings.tracking_uri, run_id=run.info.run_id),
+            callbacks=[checkpoint],
+            log_every_n_steps=5,
+            enable_model_summary=False,
+            default_root_dir=str(out_dir),
+        )
+        with warnings.catch_warnings():
+            # Lightning's own pytree helper trips torch's LeafSpec deprecation on every batch: noise, not ours.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+            trainer.fit(model, datamodule=datamodule)
+        if checkpoint.best_model_path:
+            best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(best["state_dict"])
+        best_val = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
+        bundle_dir = write_bundle(settings, model, classes, datamodule, out_dir)
+        mlflow.log_artifacts(str(bundle_dir / "bundle"), artifact_path="bundle")
+        log_servable_model(model, datamodule)
+        mlflow.log_metric("best_val_acc", best_val)
+        result = TrainResult(run.info.run_id, out_dir, bundle_dir, classes, best_val, data_version)
+    (out_dir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
+def write_bundle(settings: Settings, model, classes: list[str], datamodule, out_dir: Path) -> Path:
+    """Write the bundle files (seams.BUNDLE_FILES) under ``out_dir``; the reference profile included."""
+    from visionloop.models.bundle import ServableModel
+    from visionloop.monitoring.features import build_reference_profile
+    from visionloop.training.datamodule import load_images
+    from visionloop.training.preprocess import pipeline_to_json
+
+    root = out_dir
+    (root / "bundle").mkdir(parents=True, exist_ok=True)
+    network = model.net.eval()
+    torch.save(network.state_dict(), root / BUNDLE_FILES["state_dict"])
+    (root / BUNDLE_FILES["config"]).write_text(json.dumps(model.architecture, indent=2))
+    (root / BUNDLE_FILES["eval_transform"]).write_text(pipeline_to_json(datamodule.eval_pipeline))
+    (root / BUNDLE_FILES["classes"]).write_text(json.dumps(classes))
+    servable = ServableModel(network, pipeline_to_json(datamodule.eval_pipeline), classes, model.architecture)
+    # The reference is held-out data: embeddings of training images are over-confident.
+    reference = datamodule.manifest[datamodule.manifest["split"].isin(["val", "test"])]
+    components = int(settings.section("monitoring").get("embedding_components", 4))
+    profile, reduction = build_reference_profile(servable, load_images(reference["abs_path"].tolist()), components)
+    profile.to_parquet(root / BUNDLE_FILES["reference_profile"], index=False)
+    write_test_set(datamodule.manifest[datamodule.manifest["split"] == "test"], root / BUNDLE_FILES["test_set"])
+    (root / BUNDLE_FILES["embedding_reduction"]).write_text(json.dumps(reduction))
+    return root
+
+
+def write_test_set(rows, directory: Path) -> None:
+    """Copy the held-out test images with their labels (and metadata) into the bundle: the gate set."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, source in enumerate(rows["abs_path"]):
+        name = f"{i:05d}{Path(source).suffix}"
+        shutil.copyfile(source, directory / name)
+        names.append(name)
+    frame = rows.drop(columns=["abs_path", "path", "split"], errors="ignore").assign(path=names)
+    frame.to_csv(directory / "manifest.csv", index=False)
+
+
+def log_servable_model(model, datamodule) -> None:
+    """Log the pt2 pytorch-flavor model; a batch-2 input example keeps the batch dimension dynamic."""
+    import mlflow
+    import numpy as np
+
+    x, _ = next(iter(datamodule.val_dataloader()))
+    example = np.zeros((2, *x.shape[1:]), dtype=np.float32)
+    network = model.net.eval()
+    mlflow.pytorch.log_model(network, name="model", input_example=example, pip_requirements=PIP_REQUIREMENTS)
+
+
+def _log_data_report(prepared_dir: Path) -> None:
+    import mlflow
+
+    for name in ("data_report.json", "data_report.png", "quarantine.csv"):
+        if (prepared_dir / name).exists():
+            mlflow.log_artifact(str(prepared_dir / name), artifact_path="data")

@@ -1,0 +1,232 @@
+"""The self-healing loop against a real `prefect server` on a free loopback port.
+
+A drift alert emits the event, the deployment trigger starts `retrain` (created by the automation),
+the challenger is fine-tuned from the champion on newly labeled production images and promoted with
+the new data version in its lineage; a second alert inside the cooldown starts nothing and is
+recorded; a retrain that fails leaves the champion untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers.project import QUICK_PARAMS, VENV_BIN, create_project, run
+
+from visionloop.config import Settings, deep_merge
+
+pytestmark = pytest.mark.e2e
+
+LOOP_PARAMS = deep_merge(QUICK_PARAMS, {
+    "retrain": {"epochs": 2, "cooldown_seconds": 3600},
+    # The test checks the loop, not the gate's strictness: a 3-epoch v1 is noisy per class.
+    "registry": {"gate": {"class_tolerance": 0.5, "slice_tolerance": 0.5}},
+})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    with open(home / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{api}/health", 90)
+        yield api
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project with a champion v1 and labeled production images of a drifted camera."""
+    from visionloop.contracts import PredictionRecord
+    from visionloop.data.corruptions import corrupt
+    from visionloop.data.ingest import load_image, read_manifest
+    from visionloop.store.predlog import PredictionLog, save_png
+    from visionloop.training import pipeline
+
+    root = create_project(tmp_path_factory.mktemp("loop") / "project", LOOP_PARAMS)
+    settings = Settings.load(root)
+    pipeline.import_step(settings)
+    pipeline.prepare_step(settings)
+    pipeline.train_step(settings)
+    pipeline.evaluate_step(settings)
+    assert "champion" in pipeline.register_step(settings)["aliases"]
+    manifest = read_manifest(settings.path("data/prepared"))
+    pool = manifest[manifest["split"] == "val"].head(150)
+    images = corrupt([load_image(p) for p in pool["abs_path"]], "new_camera", 2, seed=3)
+    records = []
+    for image, label in zip(images, pool["label"], strict=True):
+        path = settings.state_dir / "images" / f"{uuid.uuid4()}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(image, path)
+        records.append(PredictionRecord(
+            id=path.stem, created_at=datetime.now(UTC), model_name=settings.model_name, model_version="1",
+            label="0", confidence=0.5, probabilities={"0": 0.5}, features={}, image_path=str(path),
+            source="test", feedback_label=str(label), feedback_at=datetime.now(UTC),
+        ))
+    log = PredictionLog(settings.db_url)
+    log.write(records)
+    for record in records:  # feedback arrives later, through the same call /feedback makes
+        assert log.add_feedback(record.id, record.feedback_label)
+    return root
+
+
+def champion(settings: Settings) -> str | None:
+    from visionloop.promotion.registry import registry_model_source
+
+    return registry_model_source(settings).current_version()
+
+
+def retrain_runs(api: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["retrain"]))
+            )
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        return asyncio.run(read())
+
+
+def test_drift_alert_starts_retrain_by_automation_and_cooldown_suppresses_the_next(prefect_api, project):
+    from visionloop.healing.alerts import SUPPRESSED_COOLDOWN, AlertLog
+    from visionloop.promotion.registry import list_versions
+
+    settings = Settings.load(project)
+    env = {"PREFECT_API_URL": prefect_api, "VISIONLOOP_PROJECT_DIR": str(project),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    with open(project / "deployments.log", "wb") as log:
+        served = subprocess.Popen(
+            [str(VENV_BIN / "python"), "-m", "flows.deployments", "--only", "retrain"], cwd=project,
+            env={**os.environ, **env, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _deployment_exists(prefect_api):
+            time.sleep(1)
+        first = run(["visionloop", "alert", "--severity", "warning"], project, env=env).stdout
+        assert "retrain_started" in first, first
+
+        run_ = _wait_for(lambda: [r for r in retrain_runs(prefect_api) if r.state and r.state.is_final()], 300)
+        assert len(run_) == 1
+        assert run_[0].created_by is not None and run_[0].created_by.type == "AUTOMATION"
+        assert run_[0].state.is_completed(), (run_[0].state, (project / "deployments.log").read_text()[-3000:])
+
+        second = run(["visionloop", "alert", "--severity", "warning"], project, env=env).stdout
+        assert SUPPRESSED_COOLDOWN in second, second
+        time.sleep(8)  # long enough for an automation to have created a run (it takes ~2 s)
+        assert len(retrain_runs(prefect_api)) == 1
+        actions = AlertLog(settings.db_url).history(settings.model_name)["action"].tolist()
+        assert actions == [SUPPRESSED_COOLDOWN, "retrain_started"]
+    finally:
+        stop(served)
+
+    # v2 was fine-tuned from v1 on a new data version that holds the labeled production images.
+    assert champion(settings) == "2"
+    v2 = next(v for v in list_versions(settings) if str(v["version"]) == "2")
+    lineage = v2.get("lineage") or v2.get("tags") or {}
+    assert lineage["data_version"].endswith(".dir")
+    snapshots = sorted((project / "data" / "snapshots").glob("*/manifest.csv"))
+    assert len(snapshots) == 1
+    dvc_file = snapshots[0].parent.parent / f"{snapshots[0].parent.name}.dvc"  # written by `dvc add`
+    assert lineage["data_version"] in dvc_file.read_text()
+    assert "models:/" in lineage["base_model"] and lineage["strategy"] == "fine_tuning"
+    manifest = snapshots[0].read_text()
+    assert manifest.count(",production") == 150
+
+
+def _deployment_exists(api: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_deployments()
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        return any(d.name == "retrain" for d in asyncio.run(read()))
+
+
+def _wait_for(check, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(2)
+    raise TimeoutError("condition not met")
+
+
+def test_failed_retrain_leaves_the_champion_untouched(tmp_path):
+    from flows.retrain import retrain
+    from visionloop.healing.alerts import AlertLog
+    from visionloop.training import pipeline
+
+    root = create_project(tmp_path / "project", deep_merge(QUICK_PARAMS, {"train": {"epochs": 1}}))
+    settings = Settings.load(root)
+    for step in (pipeline.import_step, pipeline.prepare_step, pipeline.train_step, pipeline.evaluate_step,
+                 pipeline.register_step):
+        step(settings)
+    before = champion(settings)
+    assert before == "1"
+    # Break the training step only: an unknown transfer-learning strategy.
+    params = (root / "params.yaml").read_text().replace("strategy: fine_tuning", "strategy: no_such_strategy")
+    (root / "params.yaml").write_text(params)
+
+    state = retrain(project_dir=str(root), trigger="test", return_state=True)
+    assert state.is_failed()
+    assert champion(settings) == before
+    alerts = AlertLog(settings.db_url).history(settings.model_name)
+    assert alerts.iloc[0]["outcome"].startswith("failed")
+    assert pd.notna(alerts.iloc[0]["finished_at"])
+    assert Path(root / "data" / "snapshots").exists()  # the data version was made; nothing else changed

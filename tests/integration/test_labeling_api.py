@@ -1,0 +1,108 @@
+"""The labeling routes on their own (FastAPI TestClient): token, errors, and what each call stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from visionloop.config import Settings, deep_merge
+from visionloop.labeling.queue import LabelQueue
+from visionloop.params import validate_params
+from visionloop.serving.routes.labeling import labeling_router
+from visionloop.store.predlog import PredictionLog, save_png
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ["0", "1", "2"]
+TOKEN = "s3cret"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, Any]:
+    from test_labeling import record
+
+    plog = PredictionLog(f"sqlite:///{tmp_path / 'predictions.db'}")
+    image = tmp_path / "img.png"
+    save_png(np.arange(64, dtype=np.uint8).reshape(8, 8), image)
+    records = [record(0.2, image_path=str(image)), record(0.3), record(0.4)]
+    plog.write(records)
+    LabelQueue(plog).enqueue_frame(plog.read_window())
+    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), {"serving": {"token": TOKEN}})
+    state: dict[str, Any] = {
+        "log": plog,
+        "model": SimpleNamespace(classes=CLASSES, version="2", name="digits"),
+        "records": records,
+    }
+    app = FastAPI()
+    settings = Settings(root=tmp_path, params=validate_params(params, "test params"))
+    app.include_router(labeling_router(settings, lambda: state["log"],
+                                       lambda: state["model"]))
+    state["client"] = TestClient(app)
+    state["auth"] = {"Authorization": f"Bearer {TOKEN}"}
+    yield state
+    plog.dispose()
+
+
+def test_token_guards_everything_but_the_pages_and_the_metrics(setup: dict[str, Any]) -> None:
+    client, auth = setup["client"], setup["auth"]
+    first = setup["records"][0].id
+    for method, path in [("get", "/label/next"), ("get", f"/label/image/{first}"), ("post", f"/label/{first}/skip"),
+                         ("get", "/label/review/items"), ("post", "/label/review/apply")]:
+        assert getattr(client, method)(path).status_code == 401, path
+        wrong = {"Authorization": "Bearer nope"}
+        assert getattr(client, method)(path, headers=wrong).status_code == 401, path
+    page = client.get("/label")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "label.js" in page.text
+    assert client.get("/label/review").status_code == 200
+    assert client.get("/label/assets/label.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/label/assets/..%2Fapp.py").status_code == 404
+    assert client.get("/metrics/labeling").json()["queued"] == 3
+    assert client.get("/label/next", headers=auth).status_code == 200
+
+
+def test_next_image_label_skip_invalid(setup: dict[str, Any]) -> None:
+    client, auth, plog = setup["client"], setup["auth"], setup["log"]
+    first, second, third = (r.id for r in setup["records"])
+    data = client.get("/label/next", params={"session": "tab-1"}, headers=auth).json()
+    assert data["classes"] == CLASSES and data["model_version"] == "2"
+    item = data["item"]
+    assert item["prediction_id"] == first and item["reason"] == "low_confidence" and item["has_image"]
+    assert [g["label"] for g in item["top_guesses"]][0] in ("0", "1")  # the logged label "2" had 0.2
+    assert data["progress"]["queued"] == 3
+
+    image = client.get(f"/label/image/{first}", headers=auth)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content == Path(plog.get(first).image_path).read_bytes()
+    assert client.get(f"/label/image/{second}", headers=auth).status_code == 404  # not stored
+    assert client.get("/label/image/nope", headers=auth).status_code == 404
+
+    assert client.post(f"/label/{first}", json={"label": "7"}, headers=auth).status_code == 422
+    assert client.post("/label/nope", json={"label": "1"}, headers=auth).status_code == 404
+    stored = client.post(f"/label/{first}", json={"label": "1"}, headers=auth)
+    assert stored.json() == {"prediction_id": first, "state": "labeled", "label": "1", "in_queue": True}
+    assert plog.get(first).feedback_label == "1"
+
+    assert client.post(f"/label/{second}/skip", headers=auth).json()["state"] == "skipped"
+    assert client.post(f"/label/{second}/skip", headers=auth).status_code == 409
+    assert client.post(f"/label/{third}/invalid", headers=auth).json()["state"] == "invalid"
+    assert client.post("/label/nope/invalid", headers=auth).status_code == 404
+    after = client.get("/label/next", headers=auth).json()
+    assert after["item"] is None
+    assert after["progress"]["labeled"] == 1 and after["progress"]["skipped"] == 1
+    assert after["progress"]["invalid"] == 1
+
+
+def test_unavailable_log_or_model_is_a_503(setup: dict[str, Any]) -> None:
+    client, auth = setup["client"], setup["auth"]
+    first = setup["records"][0].id
+    setup["model"] = None
+    assert client.post(f"/label/{first}", json={"label": "1"}, headers=auth).status_code == 503
+    setup["log"] = None
+    answer = client.get("/label/next", headers=auth)
+    assert answer.status_code == 503 and "unavailable" in answer.json()["detail"]
