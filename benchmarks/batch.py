@@ -55,22 +55,20 @@ def generate_images(folder: Path, n: int, seed: int = 0) -> None:
 
 def build_model(bundle: str | None, model_uri: str | None):
     """A trained bundle / registered version, or an untrained network of params.yaml's shape (same compute)."""
-    from visionloop.batch.job import load_model
+    from visionloop.batch.model import load_model
     from visionloop.config import Settings
     from visionloop.models.bundle import ServableModel
-    from visionloop.training.model import build_network
+    from visionloop.training.model import architecture_from_params, build_network
     from visionloop.training.preprocess import build_pipeline, pipeline_to_json
 
     settings = Settings.load()
     if bundle or model_uri:
-        return load_model(model_uri, settings.tracking_uri, bundle=bundle)
+        return load_model(settings, model_uri, bundle=bundle)
     import torch
 
     torch.manual_seed(0)
-    spec = settings.section("model")
-    config = {"num_classes": 10, "in_channels": int(settings.section("data").get("channels", 1)),
-              "widths": list(spec["widths"]), "embedding_dim": spec["embedding_dim"], "dropout": spec["dropout"]}
-    pipeline = build_pipeline(settings.section("augment")["eval"])
+    config = architecture_from_params(settings.params, num_classes=10)
+    pipeline = build_pipeline(settings.params.augment.eval)
     return ServableModel(build_network(config), pipeline_to_json(pipeline), [str(d) for d in range(10)], config,
                          name="benchmark", version="0")
 
@@ -91,8 +89,17 @@ def plain_loop(model, files: list[Path], batch_size: int) -> np.ndarray:
     return np.concatenate(outputs)
 
 
+def batch_options(batch_size: int):
+    """params.yaml's batch options with this run's batch size."""
+    from visionloop.batch.predict import BatchOptions
+    from visionloop.config import Settings
+
+    return BatchOptions.from_params(Settings.load().with_overrides({"batch": {"batch_size": batch_size}}).params)
+
+
 def throughput(model, folder: Path, batch_size: int, rounds: int, work: Path) -> dict[str, float]:
-    from visionloop.batch.job import list_inputs, predict_batch
+    from visionloop.batch.inputs import list_inputs
+    from visionloop.batch.predict import predict_batch
 
     files = [folder / key for key in list_inputs(folder)]
     plain_loop(model, files[:batch_size], batch_size)  # warm-up (allocator, oneDNN kernels)
@@ -103,7 +110,7 @@ def throughput(model, folder: Path, batch_size: int, rounds: int, work: Path) ->
         plain.append(len(files) / (time.perf_counter() - start))
         output = work / f"round-{r}"
         start = time.perf_counter()
-        summary = predict_batch(model, folder, output, batch_size=batch_size, progress=False)
+        summary = predict_batch(model, folder, output, batch_options(batch_size), progress=False)
         batch.append(summary.processed / (time.perf_counter() - start))
         assert summary.ok == len(files), summary
         shutil.rmtree(output)
@@ -115,14 +122,15 @@ def memory_child(args: argparse.Namespace) -> None:
     """In a fresh process: load, note RSS, run predict_batch on the first N images, print peak RSS."""
     import shutil as _shutil
 
-    from visionloop.batch.job import list_inputs, predict_batch
+    from visionloop.batch.inputs import list_inputs
+    from visionloop.batch.predict import predict_batch
 
     model = build_model(args.bundle, args.model_uri)
     keys = list_inputs(args.images)[: args.child_memory]
     before = _status_kib("VmRSS")
     reset = _reset_peak()  # so the peak is that of predict_batch, not of the imports
     output = Path(args.work) / f"memory-{args.child_memory}"
-    summary = predict_batch(model, args.images, output, batch_size=args.batch_size, items=keys, progress=False)
+    summary = predict_batch(model, args.images, output, batch_options(args.batch_size), items=keys, progress=False)
     process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, whole process life
     _shutil.rmtree(output)
     print(json.dumps({"images": summary.processed, "rss_after_load_mib": before / 1024,

@@ -53,7 +53,7 @@ from visionloop.config import Settings, apply_offline_environment
 from visionloop.contracts import DriftVerdict
 from visionloop.data.corruptions import corrupt
 from visionloop.models.bundle import ServableModel
-from visionloop.monitoring.drift import run_drift_tests
+from visionloop.monitoring.drift import DriftThresholds, run_drift_tests
 from visionloop.monitoring.features import PROBABILITY_PREFIX, feature_columns, feature_frame, predict_in_chunks
 
 SIZES = (20, 50, 100, 200, 1000)
@@ -66,6 +66,7 @@ MIN_REFERENCE = 400
 KNOCK_OUT = {1: 0.5, 2: 1.0}  # share of the class removed from the window
 BOOST = {1: 0.3, 2: 0.6}  # share of the window the boosted class takes
 ALPHA = 0.05
+THRESHOLDS = DriftThresholds(alpha=ALPHA, critical_share=1.0, critical_distance=1.0)  # severity: not scored
 GOAL_N = 50
 GOAL = {"false_alarm": 0.05, 1: 0.80, 2: 0.95}  # at most / at least, at GOAL_N
 FAILING_LOUDLY = {100: 0.47, 1000: 0.70}
@@ -86,7 +87,7 @@ class Pool:
 def train_benchmark_model(workdir: Path) -> tuple[ServableModel, pd.DataFrame, str]:
     """Train on a quarter of the train split under ``workdir``; the model and the manifest rows it never saw."""
     from visionloop.contracts import DataVersion
-    from visionloop.data.ingest import read_manifest
+    from visionloop.data.manifest import read_manifest
     from visionloop.training import pipeline
     from visionloop.training.datamodule import stratified_subset
     from visionloop.training.train import train
@@ -107,16 +108,16 @@ def train_benchmark_model(workdir: Path) -> tuple[ServableModel, pd.DataFrame, s
     trained = stratified_subset(manifest[manifest["split"] == "train"], TRAIN_FRACTION, settings.seed)
     held_out = manifest.drop(index=trained.index).reset_index(drop=True)
     model = ServableModel.from_dir(workdir / "models", name="benchmark", version="quarter")
-    epochs = settings.section("train")["epochs"]
+    epochs = settings.params.train.epochs
     return model, held_out, (f"a model trained for {epochs} epochs on {len(trained)} images "
                              f"({TRAIN_FRACTION:.0%} of the train split)")
 
 
 def existing_model(settings: Settings, model_dir: Path) -> tuple[ServableModel, pd.DataFrame, str]:
     """A trained bundle and its val + test images (the prepared data it was trained with)."""
-    from visionloop.data.ingest import read_manifest
+    from visionloop.data.manifest import read_manifest
 
-    manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
+    manifest = read_manifest(settings.path(settings.params.data.prepared_dir))
     held_out = manifest[manifest["split"].isin(["val", "test"])].reset_index(drop=True)
     bundle_test = model_dir / "bundle" / "test_set" / "manifest.csv"
     if bundle_test.exists():  # the prepared data must be the split this model was trained with
@@ -200,7 +201,7 @@ def run(pool: Pool, resamples: int, shift_resamples: int, seed: int) -> pd.DataF
                 else:
                     source = pool.clean if shift == "none" else pool.shifted[(shift, severity)]
                     current = source.iloc[draw(rng, current_rows, n)]
-                verdict = run_drift_tests(reference, current, alpha=ALPHA, columns=pool.columns)
+                verdict = run_drift_tests(reference, current, THRESHOLDS, columns=pool.columns)
                 for name, detected in DETECTORS.items():
                     hits[name] += detected(verdict)
             rows += [{"detector": name, "shift": shift, "severity": severity, "n": n, "trials": trials,

@@ -109,10 +109,10 @@ def write_corrupted(rows: pd.DataFrame, directory: Path, seed: int) -> pd.DataFr
 
 def build_pools(settings: Settings, model_dir: Path, workdir: Path) -> Pools:
     from visionloop.data.corruptions import corrupt
-    from visionloop.data.ingest import read_manifest
+    from visionloop.data.manifest import read_manifest
     from visionloop.training.datamodule import load_images
 
-    manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
+    manifest = read_manifest(settings.path(settings.params.data.prepared_dir))
     bundle_test = model_dir / "bundle" / "test_set" / "manifest.csv"
     if bundle_test.exists():  # the held-out test images must be the ones the champion never trained on
         trained_test = set(pd.read_csv(bundle_test, dtype=str)["sha256"])
@@ -160,7 +160,7 @@ def train_once(settings: Settings, base, classes: list[str], rows: pd.DataFrame,
     epochs, _ = epochs_for(len(rows), steps)
     run_settings = settings.with_overrides({"train": {"epochs": epochs, "batch_size": BATCH_SIZE}})
     datamodule = ImageDataModule(
-        rows.assign(split="train"), classes, settings.section("augment")["train"], settings.section("augment")["eval"],
+        rows.assign(split="train"), classes, settings.params.augment.train, settings.params.augment.eval,
         batch_size=BATCH_SIZE, num_workers=0, seed=seed, origin_weights=origin_weights,
     )
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     with (tempfile.TemporaryDirectory(prefix="visionloop-transfer-benchmark-") as workdir,
           contextlib.redirect_stdout(sys.stderr)):  # keep stdout for the table
-        weight = args.production_weight or float(settings.section("retrain")["origin_weights"]["production"])
+        weight = args.production_weight or settings.params.retrain.origin_weights["production"]
         results, baseline = run(settings, model_dir, args.sizes, args.seeds, args.steps, not args.no_mix,
                                 Path(workdir), args.only, weight)
     elapsed = time.perf_counter() - started

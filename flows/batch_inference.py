@@ -8,22 +8,26 @@ shard writes its own parts into the shared output folder.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, tags
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from tasks.batch import consolidate, list_inputs, predict_shard, resolve_model
-from visionloop.batch.job import OutputLayout, expand_output, shard_inputs
+from visionloop.batch.inputs import shard_inputs
+from visionloop.batch.output import OutputLayout, expand_output
+from visionloop.batch.predict import BatchOptions
 from visionloop.config import Settings
+from visionloop.models.registry import version_uri
 
 
 def _tag_flow_run(run_tags: list[str]) -> None:
     """Make the run findable by model version in the UI (tasks get the tags from ``tags()``)."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
     if flow_run.id:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, tags=sorted({*flow_run.tags, *run_tags}))
@@ -44,28 +48,21 @@ def batch_inference(
     ``{model}`` and ``{version}``; relative paths are relative to the project.
     """
     settings = Settings.load(project_dir)
-    options = settings.section("batch")
-    data = settings.section("data")
-    name, version = resolve_model(model_uri or f"models:/{settings.model_name}@champion", settings.tracking_uri)
+    options = settings.params.batch
+    name, version = resolve_model(settings, model_uri)
     run_tags = [f"model:{name}", f"model_version:{name}/{version}"]
     _tag_flow_run(run_tags)
     source = str(settings.path(input_path))
     output = OutputLayout(expand_output(settings.path(output_path), name, version))
     keys = list_inputs(source, [str(output.output), str(output.parts_dir)])
-    count = max(1, min(int(shards or options.get("shards", 1)), len(keys)))
-    shard_options = {
-        "batch_size": int(options.get("batch_size", 256)),
-        "num_workers": int(options.get("num_workers", 0)),
-        "part_size": int(options.get("part_size", 2048)),
-        "min_side": int(data.get("min_side", 8)),
-        "max_pixels": int(data.get("max_pixels", 25_000_000)),
-    }
-    use_log = options.get("log_predictions", False) if log_predictions is None else log_predictions
+    count = max(1, min(shards or options.shards, len(keys)))
+    shard_options = asdict(BatchOptions.from_params(settings.params))
+    use_log = options.log_predictions if log_predictions is None else log_predictions
     with tags(*run_tags):
         futures = [
-            predict_shard.submit(quote(items), (index, count), source, str(output.output), f"models:/{name}/{version}",
-                                 settings.tracking_uri, shard_options, settings.db_url if use_log else None,
-                                 options.get("torch_threads"))
+            predict_shard.submit(quote(items), (index, count), source, str(output.output), version_uri(name, version),
+                                 settings, shard_options, settings.db_url if use_log else None,
+                                 options.torch_threads)
             for index, items in enumerate(shard_inputs(keys, count))
         ]
         summaries = [future.result() for future in futures]
@@ -78,10 +75,8 @@ def batch_inference(
 
 
 if __name__ == "__main__":
-    import sys
-
     # python -m flows.batch_inference [INPUT [OUTPUT [MODEL_URI]]] (defaults: batch.input_dir, batch.output_dir)
-    defaults = Settings.load().section("batch")
+    defaults = Settings.load().params.batch
     arguments = sys.argv[1:]
-    batch_inference(arguments[0] if arguments else defaults["input_dir"],
-                    arguments[1] if len(arguments) > 1 else defaults["output_dir"], *arguments[2:3])
+    batch_inference(arguments[0] if arguments else defaults.input_dir,
+                    arguments[1] if len(arguments) > 1 else defaults.output_dir, *arguments[2:3])

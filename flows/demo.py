@@ -110,7 +110,8 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
 
     from flows.training import training
     from visionloop.data.corruptions import corrupt
-    from visionloop.data.ingest import load_image, read_manifest
+    from visionloop.data.images import load_image
+    from visionloop.data.manifest import read_manifest
 
     rows: list[dict] = []
     try:
@@ -119,7 +120,7 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
         log(f"trained v{v1} on data {trained['data_version']}: test accuracy {trained['metrics']['accuracy']:.4f}, "
             f"aliases {trained['registration']['aliases']}")
         if "champion" not in trained["registration"]["aliases"]:  # a project that ran the demo before
-            from visionloop.promotion.registry import assign_champion
+            from visionloop.promotion.rollback import assign_champion
 
             record = assign_champion(settings, v1, "the demo starts its story from a freshly trained model", "demo")
             log(f"{record.reason} (undo: `visionloop rollback`)")
@@ -129,7 +130,7 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
         log(f"serving v{v1}")
         serving_since = log.events[-1][0]
 
-        manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
+        manifest = read_manifest(settings.path(settings.params.data.prepared_dir))
         test = manifest[manifest["split"] == "test"]
         clean_images, clean_labels = [load_image(p) for p in test["abs_path"]], test["label"].tolist()
         v1_clean = accuracy(predict_all(client, clean_images), clean_labels)
@@ -160,9 +161,9 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
         log(f"monitor run {monitor_run.name}: {monitor_run.state.name}")
         retrain_run = wait_for_automated_retrain(since)
         log(f"retrain run {retrain_run.name} (created by the drift automation): {retrain_run.state.name}")
-        from visionloop.promotion.registry import registry_model_source
+        from visionloop.models.registry import alias_version
 
-        champion = registry_model_source(settings).current_version()
+        champion = alias_version(settings)
         if champion == v1:
             log("the gate refused the challenger; v1 stays champion (see `visionloop registry history`)")
             return rows

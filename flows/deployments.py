@@ -36,19 +36,19 @@ def build_deployments(settings: Settings) -> list:
     name = settings.model_name
     model_tags = [f"model:{name}", "visionloop"]
     project = str(settings.root)
-    batch = settings.section("batch")
+    batch = settings.params.batch
     batch_paths = {
-        "input_path": str(settings.path(batch.get("input_dir", "data/incoming"))),
-        "output_path": str(settings.path(batch.get("output_dir", "reports/batch"))),
+        "input_path": str(settings.path(batch.input_dir)),
+        "output_path": str(settings.path(batch.output_dir)),
     }
     return [
         training.to_deployment(name="training", tags=model_tags, parameters={"project_dir": project}),
         promote.to_deployment(name="promote", tags=model_tags, parameters={"project_dir": project}),
         batch_inference.to_deployment(
-            name="batch_inference", tags=model_tags, cron=settings.section("schedules")["batch_inference_cron"],
+            name="batch_inference", tags=model_tags, cron=settings.params.schedules.batch_inference_cron,
             parameters={"project_dir": project, **batch_paths},
         ),
-        monitor.to_deployment(name="monitor", tags=model_tags, cron=settings.section("monitoring")["cron"],
+        monitor.to_deployment(name="monitor", tags=model_tags, cron=settings.params.monitoring.cron,
                               parameters={"project_dir": project}),
         retrain.to_deployment(name="retrain", tags=model_tags, triggers=[drift_trigger(name)],
                               concurrency_limit=1, parameters={"project_dir": project}),

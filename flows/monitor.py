@@ -21,7 +21,9 @@ from tasks.monitor import (
     save_report,
 )
 from visionloop.config import Settings
-from visionloop.monitoring.monitor import alert_payload, new_output_dir
+from visionloop.models.registry import version_uri
+from visionloop.monitoring.monitor import alert_payload
+from visionloop.monitoring.outputs import new_output_dir
 
 
 @flow(name="monitor", log_prints=True)
@@ -43,15 +45,15 @@ def monitor(
         return {"status": "no_model", "message": f"{name} has no champion yet", "alert": None, "alert_raised": False,
                 "labeling": None}
     with tags(f"model:{name}", f"version:{version}"):
-        champion = load_model(settings, f"models:/{name}/{version}")
+        champion = load_model(settings, version_uri(name, version))
         frame = read_window(settings, champion, window, since)
         result = check_drift(settings, champion, frame)
         print(result.message)
-        if result.verdict is not None:
+        if result.verdict is not None and result.snapshot is not None:
             result.out_dir = new_output_dir(settings)
-            result.files = save_report(settings, champion, frame, result, result.out_dir)
-            result.mlflow_run_id = log_report(settings, result, result.files)
-            result.evidently_snapshot_id = add_snapshot(settings, result)
+            result.files = save_report(settings, champion, frame, result.verdict, result.snapshot, result.out_dir)
+            result.mlflow_run_id = log_report(settings, champion, result.verdict, result.files)
+            result.evidently_snapshot_id = add_snapshot(settings, result.snapshot, name)
             print(f"report: {result.files['index']}")
         performance_dir = result.out_dir / "performance" if result.out_dir else None
         result.performance = check_performance(settings, champion, performance_dir)

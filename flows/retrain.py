@@ -20,10 +20,10 @@ from tasks.retrain import (
     train_challenger,
 )
 from visionloop.config import Settings
-from visionloop.contracts import CHAMPION
 from visionloop.data import dvcrepo
 from visionloop.healing.alerts import RETRAIN_STARTED
 from visionloop.healing.retrain import RetrainWorkspace
+from visionloop.models.registry import alias_uri
 
 
 @flow(name="retrain", log_prints=True)
@@ -52,7 +52,7 @@ def retrain(verdict: dict[str, Any] | None = None, trigger: str = "manual", proj
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             workspace = RetrainWorkspace(settings.state_dir / "retrain" / stamp)
             prepare_snapshot(settings, snapshot, workspace)
-            base = f"models:/{settings.model_name}@{CHAMPION}"
+            base = alias_uri(settings.model_name)
             train_challenger(settings, workspace, snapshot, base, trigger=f"retrain:{trigger}")
             metrics = evaluate_challenger(settings, workspace)
             registered = register_challenger(settings, workspace, metrics, trigger=f"retrain:{trigger}")

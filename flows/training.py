@@ -18,7 +18,7 @@ from tasks.training import (
 )
 from visionloop.config import Settings
 from visionloop.data import dvcrepo
-from visionloop.data.ingest import source_from_settings
+from visionloop.data.prepare import source_from_settings
 
 STAGES = ["import", "prepare", "train", "evaluate", "register"]
 
@@ -29,7 +29,7 @@ def training(project_dir: str | None = None, epochs: int | None = None, trigger:
     overrides: dict[str, Any] = {"train": {"epochs": epochs}} if epochs is not None else {}
     settings = Settings.load(project_dir, overrides=overrides)
     with tags(f"model:{settings.model_name}"):
-        embedded = source_from_settings(settings) == settings.path(settings.section("data")["raw_dir"])
+        embedded = source_from_settings(settings) == settings.path(settings.params.data.raw_dir)
         if embedded:
             import_data(settings)
         report = prepare_data(settings)

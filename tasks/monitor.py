@@ -1,4 +1,4 @@
-"""Tasks of the monitor flow: one per step of visionloop.monitoring.monitor and visionloop.monitoring.performance."""
+"""Tasks of the monitor flow: one per step of ``visionloop.monitoring`` (see ``monitoring.monitor``'s docstring)."""
 
 from __future__ import annotations
 
@@ -10,71 +10,78 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from visionloop.config import Settings
-from visionloop.labeling import queue as labeling
-from visionloop.monitoring import monitor as monitoring
-from visionloop.monitoring import performance
-from visionloop.monitoring.monitor import MonitoredModel, MonitorResult
+from visionloop.contracts import DriftVerdict
+from visionloop.labeling import scan
+from visionloop.labeling.scan import EnqueueResult
+from visionloop.models import registry
+from visionloop.monitoring import evidently_report, monitor, monitored, performance, reports
+from visionloop.monitoring.evidently_report import Snapshot
+from visionloop.monitoring.monitor import MonitorResult
+from visionloop.monitoring.monitored import MonitoredModel
 from visionloop.monitoring.performance import PerformanceResult
 
 
 @task(name="find champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def find_champion(settings: Settings) -> str | None:
     """The version the champion alias points to (None: no champion yet)."""
-    return monitoring.champion_version(settings)
+    return registry.alias_version(settings)
 
 
 @task(name="load model and reference profile", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def load_model(settings: Settings, model_uri: str) -> MonitoredModel:
     """The version to watch; its bundle is downloaded once per version."""
-    return monitoring.load_monitored(settings, model_uri)
+    return monitored.load_monitored(settings, model_uri)
 
 
 @task(name="read prediction window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def read_window(
-    settings: Settings, monitored: MonitoredModel, window: int | None, since: datetime | None = None
+    settings: Settings, watched: MonitoredModel, window: int | None, since: datetime | None = None
 ) -> pd.DataFrame:
     """The latest predictions made by the watched version."""
-    return monitoring.read_window(settings, monitored, window=window, since=since)
+    return monitor.read_window(settings, watched, window=window, since=since)
 
 
 @task(name="check drift", cache_policy=NO_CACHE)
-def check_drift(settings: Settings, monitored: MonitoredModel, frame: pd.DataFrame) -> MonitorResult:
+def check_drift(settings: Settings, watched: MonitoredModel, frame: pd.DataFrame) -> MonitorResult:
     """Bonferroni-corrected per-feature tests against the reference profile (Evidently)."""
-    return monitoring.check_window(settings, monitored, frame)
+    return monitor.check_window(settings, watched, frame)
 
 
 @task(name="save drift report", cache_policy=NO_CACHE)
 def save_report(
-    settings: Settings, monitored: MonitoredModel, frame: pd.DataFrame, result: MonitorResult, out_dir: Path
+    settings: Settings,
+    watched: MonitoredModel,
+    frame: pd.DataFrame,
+    verdict: DriftVerdict,
+    snapshot: Snapshot,
+    out_dir: Path,
 ) -> dict[str, Path]:
     """Evidently's HTML report, the JSON verdict, the images behind the verdict, an index page."""
-    return monitoring.write_outputs(settings, monitored, frame, result, out_dir)
+    return reports.write_outputs(settings, watched, frame, verdict, snapshot, out_dir)
 
 
 @task(name="log drift report to MLflow", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def log_report(settings: Settings, result: MonitorResult, files: dict[str, Path]) -> str:
+def log_report(settings: Settings, watched: MonitoredModel, verdict: DriftVerdict, files: dict[str, Path]) -> str:
     """A run in the monitoring experiment with the verdict's metrics and files."""
-    return monitoring.log_check(settings, result, files)
+    return reports.log_check(settings, watched, verdict, files)
 
 
 @task(name="add snapshot to Evidently workspace", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def add_snapshot(settings: Settings, result: MonitorResult) -> str:
+def add_snapshot(settings: Settings, snapshot: Snapshot, model_name: str) -> str:
     """Drift over time in `evidently ui`."""
-    return monitoring.add_to_workspace(settings, result)
+    return evidently_report.add_to_workspace(settings, snapshot, model_name)
 
 
 @task(name="check performance on feedback labels", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def check_performance(settings: Settings, monitored: MonitoredModel, out_dir: Path | None) -> PerformanceResult:
+def check_performance(settings: Settings, watched: MonitoredModel, out_dir: Path | None) -> PerformanceResult:
     """Training-time metrics on the labeled predictions; logged to MLflow when there are enough labels."""
-    return performance.monitor_performance(settings, monitored.model, out_dir=out_dir)
+    return performance.monitor_performance(settings, watched.model, out_dir=out_dir)
 
 
 @task(name="queue images for labeling", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def queue_for_labeling(
-    settings: Settings, monitored: MonitoredModel, drifted_features: list[str]
-) -> labeling.EnqueueResult:
+def queue_for_labeling(settings: Settings, watched: MonitoredModel, drifted_features: list[str]) -> EnqueueResult:
     """The labeling queue's sampling rules over the predictions logged since the last scan."""
-    result, _ = labeling.enqueue_with_registry(
-        settings, drifted_features=drifted_features, champion=monitored.model, reference=monitored.reference
+    result, _ = scan.enqueue_with_registry(
+        settings, drifted_features=drifted_features, champion=watched.model, reference=watched.reference
     )
     return result

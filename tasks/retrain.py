@@ -13,7 +13,8 @@ from visionloop.data import dvcrepo
 from visionloop.healing import alerts as healing
 from visionloop.healing import retrain
 from visionloop.healing.retrain import RetrainWorkspace
-from visionloop.promotion import registry
+from visionloop.models.registry import RegistryError
+from visionloop.promotion import promote as promotion
 
 
 @task(name="decide whether to retrain", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -66,13 +67,13 @@ def register_challenger(settings: Settings, workspace: RetrainWorkspace, metrics
 
 def _transient(task, task_run, state) -> bool:
     """Retry MLflow hiccups, not the registry's own refusals (nothing to promote, no champion...)."""
-    return not isinstance(state.result(raise_on_failure=False), registry.RegistryError)
+    return not isinstance(state.result(raise_on_failure=False), RegistryError)
 
 
 @task(name="promotion gate", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def promote(settings: Settings, trigger: str, candidate_version: str | None = None) -> PromotionRecord:
     """Champion vs challenger on the frozen gate set; promote only a clear, safe win."""
-    return registry.promote(settings, trigger=trigger, candidate_version=candidate_version)
+    return promotion.promote(settings, trigger=trigger, candidate_version=candidate_version)
 
 
 @task(name="close alert", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

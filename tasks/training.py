@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from visionloop.config import Settings
 from visionloop.contracts import DataVersion
 from visionloop.data import dvcrepo
-from visionloop.data.ingest import source_from_settings
 from visionloop.data.lineage import data_version
+from visionloop.data.prepare import source_from_settings
 from visionloop.training import pipeline
 
 

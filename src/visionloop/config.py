@@ -93,9 +93,6 @@ class Settings:
         raw = deep_merge(self.params.model_dump(mode="json"), overrides)
         return Settings(root=self.root, params=validate_params(raw, f"{self.root / 'params.yaml'} with overrides"))
 
-    def section(self, name: str) -> dict[str, Any]:
-        return getattr(self.params, name).model_dump(mode="json")
-
     def path(self, relative: str | Path) -> Path:
         """A path from params.yaml, resolved against the project root."""
         p = Path(relative)

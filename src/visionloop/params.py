@@ -168,8 +168,11 @@ class RandomRule(RuleParams):
     rate: float = Field(ge=0, le=1)
 
 
+LabelErrorMethod = Literal["prune_by_noise_rate", "confident_joint"]  # see visionloop.labeling.confident_learning
+
+
 class ReviewParams(Section):
-    method: Literal["prune_by_noise_rate", "confident_joint"]
+    method: LabelErrorMethod
     folds: int = Field(ge=2)
     C: float = Field(gt=0)
     splits: list[Literal["train", "val", "test"]]

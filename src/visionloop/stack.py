@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from visionloop.config import Settings
+from visionloop.store.database import upgrade_embedded
 
 HOST = "127.0.0.1"
-PORTS = {"prefect": 4200, "mlflow": 5000, "serve": 8000, "evidently": 8001}
+PORTS = {"prefect": 4200, "mlflow": 5000, "evidently": 8001}  # the REST server: serving.port
 
 
 @dataclass
@@ -60,7 +61,7 @@ def _write_services(settings: Settings, services: dict[str, Service]) -> None:
 
 def urls(settings: Settings) -> StackUrls:
     """Where each UI and API is: the configured servers, else the embedded ones."""
-    serving = settings.section("serving")
+    serving = settings.params.serving
     prefect_api = settings.prefect_api_url or f"http://{HOST}:{PORTS['prefect']}/api"
     tracking = settings.tracking_uri
     mlflow = tracking if tracking.startswith("http") else f"http://{HOST}:{PORTS['mlflow']}"
@@ -68,7 +69,7 @@ def urls(settings: Settings) -> StackUrls:
         prefect_api=prefect_api,
         prefect_ui=prefect_api.removesuffix("/api"),
         mlflow=mlflow,
-        serve=f"http://{serving.get('host', HOST)}:{serving.get('port', PORTS['serve'])}",
+        serve=f"http://{serving.host}:{serving.port}",
         evidently=f"http://{HOST}:{PORTS['evidently']}",
     )
 
@@ -116,7 +117,9 @@ def _spawn(settings: Settings, name: str, command: list[str], url: str, env: dic
 
 def up(settings: Settings, *, serve: bool = True, deployments: bool = True, evidently: bool = True,
        echo: Callable[[str], None] = print) -> StackUrls:
-    """Start the embedded servers that are not configured elsewhere, then the REST server and deployments."""
+    """Migrate the embedded database, start the servers not configured elsewhere, then the REST server and
+    deployments."""
+    upgrade_embedded(settings.db_url)
     u = urls(settings)
     services = {n: s for n, s in read_services(settings).items() if is_running(s)}
     env = service_environment(settings, u)

@@ -5,9 +5,6 @@ the rules, three images labeled with the keyboard on /label, and a disputed trai
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers.images import png
+from helpers.models import eval_transform_json
+from helpers.project import repo_params
+from helpers.server import serve, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,17 +30,13 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-REPO = Path(__file__).resolve().parents[2]
 CLASSES = [str(d) for d in range(10)]
 PER_CLASS = 30
 FLIPPED = 12  # training images moved to a wrong class folder
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+)
 
 
 class PixelNetwork:
@@ -77,10 +74,8 @@ class PixelSource:
 
     def load(self, version: str) -> Any:
         from visionloop.models.bundle import ServableModel
-        from visionloop.training.preprocess import build_pipeline, pipeline_to_json
 
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        transform = pipeline_to_json(build_pipeline(params["augment"]["eval"]))
+        transform = eval_transform_json()
         config = {"in_channels": 1, "embedding_dim": 64, "num_classes": len(CLASSES)}
         return ServableModel(PixelNetwork.build(), transform, list(CLASSES), config, name="digits-px", version=version)
 
@@ -93,15 +88,10 @@ class Served:
     digits: list[np.ndarray]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_source(root: Path) -> tuple[dict[str, tuple[str, str]], list[np.ndarray]]:
     """30 embedded digits per class as a class-per-folder source, with ``FLIPPED`` of them in a wrong folder."""
-    from visionloop.data.ingest import import_digits, load_image
+    from visionloop.data.digits import import_digits
+    from visionloop.data.images import load_image
 
     raw = root / "all"
     import_digits(raw, 32)
@@ -127,42 +117,22 @@ def make_source(root: Path) -> tuple[dict[str, tuple[str, str]], list[np.ndarray
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    import uvicorn
 
-    from visionloop.config import Settings, deep_merge
-    from visionloop.data.ingest import prepare_from_settings
+    from visionloop.config import Settings
+    from visionloop.data.prepare import prepare_from_settings
     from visionloop.serving.app import create_app
 
     root = tmp_path_factory.mktemp("labelproject")
     flipped, digits = make_source(root)
-    params = deep_merge(
-        yaml.safe_load((REPO / "params.yaml").read_text()),
-        {"data": {"source": "incoming", "prepared_dir": "data/prepared"}, "serving": {"poll_seconds": 60}},
+    params = repo_params(
+        {"data": {"source": "incoming", "prepared_dir": "data/prepared"}, "serving": {"poll_seconds": 60}}
     )
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     settings = Settings.load(root)
     prepare_from_settings(settings)
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, PixelSource()), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the server did not become ready")
-    yield Served(url, settings, flipped, digits)
-    server.should_exit = True
-    thread.join(timeout=15)
+    with serve(create_app(settings, PixelSource())) as url:
+        yield Served(url, settings, flipped, digits)
 
 
 @pytest.fixture(scope="module")
@@ -175,18 +145,10 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def png(image: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_label_three_images_with_the_keyboard(served: Served, browser: Any, tmp_path: Path) -> None:
-    from visionloop.labeling.queue import LABELED, LabelQueue, enqueue_from_log
+    from visionloop.labeling.queue import LABELED, LabelQueue
+    from visionloop.labeling.rules import LabelingRules
+    from visionloop.labeling.scan import enqueue_from_log
     from visionloop.store.predlog import PredictionLog
 
     files = [("files", (f"digit{i}.png", png(image), "image/png")) for i, image in enumerate(served.digits)]
@@ -194,13 +156,10 @@ def test_label_three_images_with_the_keyboard(served: Served, browser: Any, tmp_
     assert answer.status_code == 200, answer.text
     ids = [p["prediction_id"] for p in answer.json()["predictions"]]
     plog = PredictionLog(served.settings.db_url)
-    deadline = time.monotonic() + 20
-    while plog.count() < len(ids) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the log writer stores predictions off the request path
-    assert plog.count() == len(ids)
+    wait_for(lambda: plog.count() == len(ids), "the log writer (it stores predictions off the request path)")
     result = enqueue_from_log(served.settings, plog)
     assert result.queued["low_confidence"] == len(ids)  # an untrained head: every answer is unsure
-    queue = LabelQueue(plog)
+    queue = LabelQueue(plog, LabelingRules.from_settings(served.settings))
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []

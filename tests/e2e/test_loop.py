@@ -20,17 +20,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers.project import QUICK_PARAMS, VENV_BIN, create_project, run
+import yaml
+from helpers.project import VENV_BIN, copy_project, run
+from helpers.server import wait_for
 
-from visionloop.config import Settings, deep_merge
+from visionloop.config import Settings
 
-pytestmark = pytest.mark.e2e
-
-LOOP_PARAMS = deep_merge(QUICK_PARAMS, {
+# Over the session's trained project (champion v1, trained on half the train split): the retrain learns from all
+# of the new data version.
+LOOP_PARAMS = {
+    "train": {"limit_train_fraction": 1.0},
     "retrain": {"epochs": 2, "cooldown_seconds": 3600},
-    # The test checks the loop, not the gate's strictness: a 3-epoch v1 is noisy per class.
+    # The test checks the loop, not the gate's strictness: a quick v1 is noisy per class.
     "registry": {"gate": {"class_tolerance": 0.5, "slice_tolerance": 0.5}},
-})
+}
 
 
 def free_port() -> int:
@@ -82,21 +85,17 @@ def prefect_api(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with a champion v1 and labeled production images of a drifted camera."""
     from visionloop.contracts import PredictionRecord
     from visionloop.data.corruptions import corrupt
-    from visionloop.data.ingest import load_image, read_manifest
-    from visionloop.store.predlog import PredictionLog, save_png
-    from visionloop.training import pipeline
+    from visionloop.data.images import load_image
+    from visionloop.data.manifest import read_manifest
+    from visionloop.store.predlog import PredictionLog
+    from visionloop.store.records import save_png
 
-    root = create_project(tmp_path_factory.mktemp("loop") / "project", LOOP_PARAMS)
-    settings = Settings.load(root)
-    pipeline.import_step(settings)
-    pipeline.prepare_step(settings)
-    pipeline.train_step(settings)
-    pipeline.evaluate_step(settings)
-    assert "champion" in pipeline.register_step(settings)["aliases"]
+    settings = copy_project(trained_project, tmp_path_factory.mktemp("loop") / "project", LOOP_PARAMS)
+    root = settings.root
     manifest = read_manifest(settings.path("data/prepared"))
     pool = manifest[manifest["split"] == "val"].head(150)
     images = corrupt([load_image(p) for p in pool["abs_path"]], "new_camera", 2, seed=3)
@@ -118,9 +117,9 @@ def project(tmp_path_factory):
 
 
 def champion(settings: Settings) -> str | None:
-    from visionloop.promotion.registry import registry_model_source
+    from visionloop.models.registry import alias_version
 
-    return registry_model_source(settings).current_version()
+    return alias_version(settings)
 
 
 def retrain_runs(api: str) -> list:
@@ -140,7 +139,7 @@ def retrain_runs(api: str) -> list:
 
 def test_drift_alert_starts_retrain_by_automation_and_cooldown_suppresses_the_next(prefect_api, project):
     from visionloop.healing.alerts import SUPPRESSED_COOLDOWN, AlertLog
-    from visionloop.promotion.registry import list_versions
+    from visionloop.models.registry import list_versions
 
     settings = Settings.load(project)
     env = {"PREFECT_API_URL": prefect_api, "VISIONLOOP_PROJECT_DIR": str(project),
@@ -158,7 +157,8 @@ def test_drift_alert_starts_retrain_by_automation_and_cooldown_suppresses_the_ne
         first = run(["visionloop", "alert", "--severity", "warning"], project, env=env).stdout
         assert "retrain_started" in first, first
 
-        run_ = _wait_for(lambda: [r for r in retrain_runs(prefect_api) if r.state and r.state.is_final()], 300)
+        run_ = wait_for(lambda: [r for r in retrain_runs(prefect_api) if r.state and r.state.is_final()],
+                        "a finished retrain run", timeout=300, interval=2)
         assert len(run_) == 1
         assert run_[0].created_by is not None and run_[0].created_by.type == "AUTOMATION"
         assert run_[0].state.is_completed(), (run_[0].state, (project / "deployments.log").read_text()[-3000:])
@@ -198,30 +198,17 @@ def _deployment_exists(api: str) -> bool:
         return any(d.name == "retrain" for d in asyncio.run(read()))
 
 
-def _wait_for(check, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(2)
-    raise TimeoutError("condition not met")
-
-
-def test_failed_retrain_leaves_the_champion_untouched(tmp_path):
+def test_failed_retrain_leaves_the_champion_untouched(trained_copy: Settings):
     from flows.retrain import retrain
     from visionloop.healing.alerts import AlertLog
-    from visionloop.training import pipeline
 
-    root = create_project(tmp_path / "project", deep_merge(QUICK_PARAMS, {"train": {"epochs": 1}}))
-    settings = Settings.load(root)
-    for step in (pipeline.import_step, pipeline.prepare_step, pipeline.train_step, pipeline.evaluate_step,
-                 pipeline.register_step):
-        step(settings)
+    settings, root = trained_copy, trained_copy.root
     before = champion(settings)
     assert before == "1"
-    # Break the training step only: an unknown transfer-learning strategy.
-    params = (root / "params.yaml").read_text().replace("strategy: fine_tuning", "strategy: no_such_strategy")
-    (root / "params.yaml").write_text(params)
+    # Break the training step only: a valid params.yaml naming an augmentation Albumentations does not have.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["augment"]["train"].append({"NoSuchTransform": {}})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     state = retrain(project_dir=str(root), trigger="test", return_state=True)
     assert state.is_failed()

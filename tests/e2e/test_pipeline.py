@@ -8,8 +8,6 @@ import pytest
 import yaml
 from helpers.project import run
 
-pytestmark = pytest.mark.e2e
-
 
 def test_dvc_repro_tracks_run_in_mlflow_and_leaves_status_clean(make_project):
     from mlflow import MlflowClient

@@ -2,97 +2,42 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.models import DigitsCNN
+from helpers.project import REPO, VENV_BIN
 from PIL import Image
 
-from visionloop.batch.job import (
-    OutputConflict,
-    OutputLayout,
-    list_inputs,
-    predict_batch,
-    read_output,
-    shard_inputs,
-)
+from visionloop.batch.inputs import list_inputs, shard_inputs
+from visionloop.batch.output import OutputConflict, OutputLayout, read_output
+from visionloop.batch.predict import BatchOptions, predict_batch
+from visionloop.config import Settings
 from visionloop.models.bundle import ServableModel
 from visionloop.models.tracking import point_mlflow_at
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
+OPTIONS = BatchOptions.from_params(Settings.load(REPO).params)  # params.yaml's, varied per test by options()
 CLASSES = [str(d) for d in range(10)]
-EVAL_SPEC = [
-    {"Resize": {"height": 32, "width": 32}},
-    {"Normalize": {"mean": [0.5], "std": [0.5], "max_pixel_value": 255.0}},
-]
 
 
-@dataclass
-class Digits:
-    bundle: Path  # a bundle folder (bundle/state_dict.pt, ...) for ServableModel.from_dir / --bundle
-    images: list[np.ndarray]  # held-out 32×32 uint8 digits, never trained on
-    labels: list[int]
-
-
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
-    """Train a small CNN for a few seconds on 4/5 of scikit-learn's digits (32×32); keep the rest."""
-    import torch
-    from sklearn.datasets import load_digits
-
-    from visionloop.training.model import build_network
-    from visionloop.training.preprocess import build_pipeline, pipeline_to_json, to_tensor_batch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    data = load_digits()
-    scaled = np.clip(np.rint(data.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    images = [np.array(Image.fromarray(x).resize((32, 32), Image.Resampling.BICUBIC)) for x in scaled]
-    pipeline = build_pipeline(EVAL_SPEC)
-    x, y = to_tensor_batch(pipeline, images), torch.tensor(data.target)
-    train = np.arange(len(images)) % 5 != 0
-    config = {"num_classes": 10, "in_channels": 1, "widths": [8, 16, 32], "embedding_dim": 32, "dropout": 0.0}
-    network = build_network(config)
-    optimizer = torch.optim.Adam(network.parameters(), lr=5e-3)
-    x_train, y_train = x[train], y[train]
-    epochs, batch = 6, 64
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-3, total_steps=epochs * -(-len(x_train) // batch))
-    network.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x_train))
-        for start in range(0, len(order), batch):
-            index = order[start : start + batch]
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(network(x_train[index]), y_train[index]).backward()
-            optimizer.step()
-            schedule.step()
-    torch.set_num_threads(threads)
-    root = tmp_path_factory.mktemp("digits-bundle")
-    (root / "bundle").mkdir()
-    torch.save(network.state_dict(), root / "bundle" / "state_dict.pt")
-    (root / "bundle" / "model_config.json").write_text(json.dumps(config))
-    (root / "bundle" / "eval_transform.json").write_text(pipeline_to_json(pipeline))
-    (root / "bundle" / "classes.json").write_text(json.dumps(CLASSES))
-    held_out = np.flatnonzero(~train)
-    return Digits(root, [images[i] for i in held_out], [int(data.target[i]) for i in held_out])
-
-
-@pytest.fixture(scope="session")
-def model(digits: Digits) -> ServableModel:
+@pytest.fixture(scope="module")
+def model(digits: DigitsCNN) -> ServableModel:
     return ServableModel.from_dir(digits.bundle, name="digits-test", version="1")
 
 
-def write_digits(folder: Path, digits: Digits, n: int, start: int = 0) -> dict[str, int]:
+def options(**changes: int) -> BatchOptions:
+    """params.yaml's batch options with a test's batch and part sizes."""
+    return replace(OPTIONS, **changes)
+
+
+def write_digits(folder: Path, digits: DigitsCNN, n: int, start: int = 0) -> dict[str, int]:
     """``folder/<label>/<i>.png`` for held-out digits; returns key → true label."""
     keys = {}
     for i in range(start, start + n):
@@ -104,10 +49,10 @@ def write_digits(folder: Path, digits: Digits, n: int, start: int = 0) -> dict[s
     return keys
 
 
-def test_outputs_match_the_model_on_real_digits(tmp_path: Path, digits: Digits, model: ServableModel) -> None:
+def test_outputs_match_the_model_on_real_digits(tmp_path: Path, digits: DigitsCNN, model: ServableModel) -> None:
     truth = write_digits(tmp_path / "in", digits, 120)
     out = tmp_path / "out"
-    summary = predict_batch(model, tmp_path / "in", out, batch_size=16, part_size=50, progress=False)
+    summary = predict_batch(model, tmp_path / "in", out, options(batch_size=16, part_size=50), progress=False)
     assert (summary.total, summary.ok, summary.errors, summary.skipped, summary.parts) == (120, 120, 0, 0, 3)
     assert [p.name for p in OutputLayout(out).parts()] == [f"part-s000of001-{i:06d}.parquet" for i in range(3)]
     rows = pd.read_parquet(out)  # the folder is a Parquet dataset
@@ -145,7 +90,7 @@ def test_listing_leaves_out_hidden_files_and_the_output_even_through_a_symlink(t
     assert "preds.parquet" in list_inputs(source)  # nothing excluded unless asked
 
 
-def test_bad_files_cost_their_row_not_the_job(tmp_path: Path, digits: Digits, model: ServableModel) -> None:
+def test_bad_files_cost_their_row_not_the_job(tmp_path: Path, digits: DigitsCNN, model: ServableModel) -> None:
     source = tmp_path / "in"
     good = write_digits(source / "good", digits, 20)
     png = (source / "good" / next(iter(good))).read_bytes()
@@ -159,7 +104,7 @@ def test_bad_files_cost_their_row_not_the_job(tmp_path: Path, digits: Digits, mo
     with pytest.raises(ValueError, match="holds no files"):
         list_inputs(tmp_path / "empty")
     out = tmp_path / "preds.parquet"
-    summary = predict_batch(model, source, out, batch_size=8, part_size=10, progress=False)
+    summary = predict_batch(model, source, out, options(batch_size=8, part_size=10), progress=False)
     assert (summary.ok, summary.errors) == (20, 4)
     assert summary.error_codes == {"corrupt": 1, "not_an_image": 1, "empty": 1, "too_small": 1}
     assert summary.consolidated_rows == 24 and out.is_file()
@@ -174,7 +119,7 @@ def test_bad_files_cost_their_row_not_the_job(tmp_path: Path, digits: Digits, mo
     assert "at least 8 pixels" in errors.loc["bad/tiny.png", "error"]
 
 
-def test_manifest_carries_labels_and_metadata(tmp_path: Path, digits: Digits, model: ServableModel) -> None:
+def test_manifest_carries_labels_and_metadata(tmp_path: Path, digits: DigitsCNN, model: ServableModel) -> None:
     images = tmp_path / "images"
     truth = write_digits(images, digits, 12)
     lines = ["path,label,site"] + [f"images/{k},{v},site-{i % 2}" for i, (k, v) in enumerate(truth.items())]
@@ -182,7 +127,7 @@ def test_manifest_carries_labels_and_metadata(tmp_path: Path, digits: Digits, mo
     manifest = tmp_path / "batch.csv"
     manifest.write_text("\n".join(lines) + "\n")
     assert list_inputs(manifest) == [f"images/{k}" for k in truth] + ["images/missing.png"]
-    summary = predict_batch(model, manifest, tmp_path / "out", batch_size=5, progress=False)
+    summary = predict_batch(model, manifest, tmp_path / "out", options(batch_size=5), progress=False)
     assert (summary.ok, summary.errors, summary.error_codes) == (12, 1, {"missing_file": 1})
     rows = read_output(tmp_path / "out").set_index("path")
     assert list(rows.columns[-2:]) == ["true_label", "site"]
@@ -193,25 +138,25 @@ def test_manifest_carries_labels_and_metadata(tmp_path: Path, digits: Digits, mo
 
 
 def test_rerun_skips_what_is_done_and_adds_only_new_inputs(
-    tmp_path: Path, digits: Digits, model: ServableModel
+    tmp_path: Path, digits: DigitsCNN, model: ServableModel
 ) -> None:
     source, out = tmp_path / "in", tmp_path / "preds.parquet"
     write_digits(source, digits, 30)
-    first = predict_batch(model, source, out, batch_size=8, part_size=8, progress=False)
-    again = predict_batch(model, source, out, batch_size=8, part_size=8, progress=False)
+    first = predict_batch(model, source, out, options(batch_size=8, part_size=8), progress=False)
+    again = predict_batch(model, source, out, options(batch_size=8, part_size=8), progress=False)
     assert (first.ok, again.ok, again.skipped, again.parts) == (30, 0, 30, 0)
     write_digits(source, digits, 5, start=30)
-    more = predict_batch(model, source, out, batch_size=8, part_size=8, progress=False)
+    more = predict_batch(model, source, out, options(batch_size=8, part_size=8), progress=False)
     assert (more.ok, more.skipped, more.consolidated_rows) == (5, 30, 35)
     rows = pd.read_parquet(out)
     assert len(rows) == 35 and rows["path"].is_unique
     # Another model version never writes into this output.
     other = ServableModel.from_dir(digits.bundle, name="digits-test", version="2")
     with pytest.raises(OutputConflict, match="digits-test v1"):
-        predict_batch(other, source, out, batch_size=8, progress=False)
+        predict_batch(other, source, out, options(batch_size=8), progress=False)
 
 
-def test_shards_split_stably_and_add_up_to_one_run(tmp_path: Path, digits: Digits, model: ServableModel) -> None:
+def test_shards_split_stably_and_add_up_to_one_run(tmp_path: Path, digits: DigitsCNN, model: ServableModel) -> None:
     source = tmp_path / "in"
     write_digits(source, digits, 40)
     keys = list_inputs(source)
@@ -223,13 +168,13 @@ def test_shards_split_stably_and_add_up_to_one_run(tmp_path: Path, digits: Digit
     assert all(set(old) <= set(new) for old, new in zip(shards, grown, strict=True))
 
     out = tmp_path / "sharded.parquet"
-    halves = [predict_batch(model, source, out, batch_size=8, part_size=8, shard=(i, 2), progress=False)
+    halves = [predict_batch(model, source, out, options(batch_size=8, part_size=8), shard=(i, 2), progress=False)
               for i in range(2)]
     assert sum(h.ok for h in halves) == 40 and not out.exists()  # shards never consolidate
     assert {p.name[:15] for p in OutputLayout(out).parts()} == {"part-s000of002-", "part-s001of002-"}
-    final = predict_batch(model, source, out, batch_size=8, progress=False)
+    final = predict_batch(model, source, out, options(batch_size=8), progress=False)
     assert (final.ok, final.skipped, final.consolidated_rows) == (0, 40, 40)
-    single = predict_batch(model, source, tmp_path / "single", batch_size=8, progress=False)
+    single = predict_batch(model, source, tmp_path / "single", options(batch_size=8), progress=False)
     assert single.ok == 40
     a = pd.read_parquet(out).sort_values("path").reset_index(drop=True)
     b = read_output(tmp_path / "single").sort_values("path").reset_index(drop=True)
@@ -237,7 +182,7 @@ def test_shards_split_stably_and_add_up_to_one_run(tmp_path: Path, digits: Digit
 
 
 def test_killed_mid_way_then_rerun_gives_every_image_exactly_once(
-    tmp_path: Path, digits: Digits, model: ServableModel
+    tmp_path: Path, digits: DigitsCNN, model: ServableModel
 ) -> None:
     """`visionloop predict-batch` in a subprocess, SIGKILLed after some parts; the rerun finishes the job."""
     source, out = tmp_path / "in", tmp_path / "out"
@@ -281,7 +226,7 @@ def test_killed_mid_way_then_rerun_gives_every_image_exactly_once(
     assert set(logged["image_path"]) == {str((source / k).resolve()) for k in truth}
     assert {"brightness", "contrast"} <= set(logged.columns)
     # Same answers as an uninterrupted in-process run.
-    clean = predict_batch(model, source, tmp_path / "clean", batch_size=64, progress=False)
+    clean = predict_batch(model, source, tmp_path / "clean", options(batch_size=64), progress=False)
     assert clean.ok == 1200
     a = rows.sort_values("path").reset_index(drop=True)
     b = read_output(tmp_path / "clean").sort_values("path").reset_index(drop=True)
@@ -290,7 +235,7 @@ def test_killed_mid_way_then_rerun_gives_every_image_exactly_once(
     assert list(a["label"]) == list(b["label"])
 
 
-def test_cli_shards_then_consolidates(tmp_path: Path, digits: Digits, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_shards_then_consolidates(tmp_path: Path, digits: DigitsCNN, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
     from visionloop.cli.main import app
@@ -321,7 +266,7 @@ def test_cli_shards_then_consolidates(tmp_path: Path, digits: Digits, monkeypatc
 
 
 @pytest.mark.e2e
-def test_flow_with_two_shards_matches_the_single_process_call(tmp_path: Path, digits: Digits) -> None:
+def test_flow_with_two_shards_matches_the_single_process_call(tmp_path: Path, digits: DigitsCNN) -> None:
     """The Prefect flow (local mode) on the registry's champion: 2 parallel shards, then consolidation."""
     import mlflow
     import yaml
@@ -329,8 +274,7 @@ def test_flow_with_two_shards_matches_the_single_process_call(tmp_path: Path, di
     from prefect.client.orchestration import get_client
 
     from flows.batch_inference import batch_inference
-    from visionloop.batch.job import load_model
-    from visionloop.config import Settings
+    from visionloop.batch.model import load_model
 
     project = tmp_path / "project"
     project.mkdir()
@@ -361,8 +305,8 @@ def test_flow_with_two_shards_matches_the_single_process_call(tmp_path: Path, di
     assert all(s["total"] > 0 for s in result["shards"])
     assert (result["ok"], result["errors"], result["rows"]) == (60, 1, 61)
 
-    model = load_model(f"models:/{name}@champion", settings.tracking_uri)
-    predict_batch(model, source, tmp_path / "single", batch_size=32, progress=False)
+    model = load_model(settings, f"models:/{name}@champion")
+    predict_batch(model, source, tmp_path / "single", options(batch_size=32), progress=False)
     a = pd.read_parquet(output).sort_values("path").reset_index(drop=True)
     b = read_output(tmp_path / "single").sort_values("path").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, atol=1e-5)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from helpers.models import save_bundle, tiny_model
+from helpers.project import REPO
 from PIL import Image
 from scipy import stats
 from typer.testing import CliRunner
@@ -18,20 +19,24 @@ from visionloop.monitoring.drift import (
     CHI2,
     CONSTANT,
     KS,
-    check_drift,
+    DriftThresholds,
     choose_tests,
-    embedding_outliers,
-    evidently_column_results,
-    evidently_dataset_drift,
     feature_test,
     make_verdict,
     run_drift_tests,
-    save_report_html,
     verdict_json,
 )
+from visionloop.monitoring.evidently_report import (
+    check_drift,
+    evidently_column_results,
+    evidently_dataset_drift,
+    save_report_html,
+)
+from visionloop.monitoring.reports import embedding_outliers
 
-REPO = Path(__file__).resolve().parents[2]
 LABELS = list("abcdefghij")
+# The rule's numbers as tests state them (params.yaml's values may change without changing the rule).
+THRESHOLDS = DriftThresholds(alpha=0.05, critical_share=0.3, critical_distance=0.5)
 
 
 def features(n: int, rng: np.random.Generator, shift: float = 0.0) -> pd.DataFrame:
@@ -77,7 +82,7 @@ def test_false_alarm_rate_is_at_most_alpha(reference: pd.DataFrame) -> None:
     """
     rng = np.random.default_rng(1)
     for n, runs in ((50, 200), (20, 50), (200, 50)):
-        verdicts = [run_drift_tests(reference, features(n, rng), alpha=0.05) for _ in range(runs)]
+        verdicts = [run_drift_tests(reference, features(n, rng), THRESHOLDS) for _ in range(runs)]
         alarms = sum(v.drift for v in verdicts)
         if n == 50:
             assert alarms / runs <= 0.05, f"false-alarm rate {alarms / runs:.3f} at n={n}"
@@ -91,7 +96,7 @@ def test_false_alarm_rate_is_at_most_alpha(reference: pd.DataFrame) -> None:
 
 def test_strong_shifts_are_detected(reference: pd.DataFrame) -> None:
     rng = np.random.default_rng(2)
-    shifted = run_drift_tests(reference, features(50, rng, shift=1.5))
+    shifted = run_drift_tests(reference, features(50, rng, shift=1.5), THRESHOLDS)
     assert shifted.drift and "emb_0" in shifted.drifted_features
 
     # A corruption (darker, lower contrast, blurred): several image statistics move at once.
@@ -99,19 +104,19 @@ def test_strong_shifts_are_detected(reference: pd.DataFrame) -> None:
     corrupted["brightness"] *= 0.5
     corrupted["contrast"] *= 0.5
     corrupted["sharpness"] *= 0.2
-    verdict = run_drift_tests(reference, corrupted)
+    verdict = run_drift_tests(reference, corrupted, THRESHOLDS)
     assert {"brightness", "contrast", "sharpness"} <= set(verdict.drifted_features)
     assert verdict.severity == "critical"
 
     # Label shift: the model now predicts one class only.
     one_class = features(50, rng)
     one_class["pred_label"] = "c"
-    assert "pred_label" in run_drift_tests(reference, one_class).drifted_features
+    assert "pred_label" in run_drift_tests(reference, one_class, THRESHOLDS).drifted_features
 
 
 def test_constant_columns_do_not_false_alarm_but_a_changed_constant_drifts(reference: pd.DataFrame) -> None:
     rng = np.random.default_rng(3)
-    same = run_drift_tests(reference, features(50, rng))
+    same = run_drift_tests(reference, features(50, rng), THRESHOLDS)
     for f in same.features:
         if f.feature in ("width", "height", "aspect", "colourfulness"):
             assert (f.test, f.p_value, f.statistic, f.drifted) == (CONSTANT, 1.0, 0.0, False)
@@ -119,7 +124,7 @@ def test_constant_columns_do_not_false_alarm_but_a_changed_constant_drifts(refer
     resized = features(50, rng)
     resized["width"] = 64.0
     resized["aspect"] = 2.0
-    verdict = run_drift_tests(reference, resized)
+    verdict = run_drift_tests(reference, resized, THRESHOLDS)
     assert {"width", "aspect"} <= set(verdict.drifted_features)
     assert verdict.severity == "critical"  # the whole distribution moved: distance 1
 
@@ -157,7 +162,7 @@ def test_sparse_categories_are_pooled_and_the_test_is_two_sample() -> None:
 def test_severity_rule() -> None:
     def verdict(*specs: tuple[bool, float]):
         tests = [FeatureTest(f"f{i}", KS, d, 0.5, 0.01, drifted) for i, (drifted, d) in enumerate(specs)]
-        return make_verdict(tests, alpha=0.05, critical_share=0.3, n_reference=100, n_current=50)
+        return make_verdict(tests, THRESHOLDS, n_reference=100, n_current=50)
 
     quiet = [(False, 0.1)] * 7
     assert verdict(*quiet).severity == "none" and not verdict(*quiet).drift
@@ -177,14 +182,14 @@ def evidently_runs(reference: pd.DataFrame):
     shifted = features(50, rng, shift=1.5)
     shifted["width"] = 64.0
     return {
-        "same": (same, *check_drift(reference, same, model_name="digits-cnn", model_version="3")),
-        "shifted": (shifted, *check_drift(reference, shifted)),
+        "same": (same, *check_drift(reference, same, THRESHOLDS, model_name="digits-cnn", model_version="3")),
+        "shifted": (shifted, *check_drift(reference, shifted, THRESHOLDS)),
     }
 
 
 def test_verdict_agrees_with_evidently(reference: pd.DataFrame, evidently_runs) -> None:
     for name, (current, verdict, snapshot) in evidently_runs.items():
-        fast = run_drift_tests(reference, current)
+        fast = run_drift_tests(reference, current, THRESHOLDS)
         columns = evidently_column_results(snapshot)
         assert len(columns) == 20
         for from_report, computed in zip(verdict.features, fast.features, strict=True):
@@ -239,7 +244,7 @@ def test_embedding_outliers() -> None:
     current = pd.DataFrame(rng.normal(size=(40, 3)), columns=reference.columns)
     current.loc[[5, 17], "emb_1"] = [12.0, -9.0]
     assert embedding_outliers(reference, current, k=2) == [5, 17]
-    assert embedding_outliers(reference[["emb_0"]].rename(columns={"emb_0": "x"}), current) == []
+    assert embedding_outliers(reference[["emb_0"]].rename(columns={"emb_0": "x"}), current, k=2) == []
 
 
 # --- the CLI ---------------------------------------------------------------------------------------
@@ -297,20 +302,14 @@ def test_cli_exit_code_is_zero_with_and_without_drift(cli, folders) -> None:
 
 
 def test_cli_with_a_model_bundle_adds_embedding_and_output_features(cli, folders, tmp_path: Path) -> None:
-    from test_features import tiny_model
-
     from visionloop.contracts import BUNDLE_FILES
-    from visionloop.data.ingest import load_image
-    from visionloop.monitoring.drift import list_images
+    from visionloop.data.images import load_image
     from visionloop.monitoring.features import build_reference_profile
+    from visionloop.monitoring.folders import list_images
 
-    model = tiny_model()
+    model = tiny_model(["zero", "one", "two"])
+    save_bundle(model, tmp_path)
     files = {key: tmp_path / path for key, path in BUNDLE_FILES.items()}
-    files["config"].parent.mkdir(parents=True)
-    files["config"].write_text(json.dumps(model.config))
-    files["classes"].write_text(json.dumps(model.classes))
-    files["eval_transform"].write_text(model.eval_transform_json)
-    torch.save(model.network.state_dict(), files["state_dict"])
     expected = {"brightness", "emb_0", "emb_3", "pred_label", "confidence", "prob_two"}
 
     # Folder against folder; the bundle has no reduction yet, so one is fitted on the reference.

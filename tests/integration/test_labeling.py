@@ -2,80 +2,42 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from helpers.models import tiny_model
+from helpers.project import REPO, repo_params
+from helpers.records import CLASSES, T0, record
 
-from visionloop.config import Settings
-from visionloop.contracts import PredictionRecord
-from visionloop.labeling.queue import (
-    CAPPED,
+from visionloop.config import Settings, deep_merge
+from visionloop.labeling.queue import CAPPED, INVALID, LABELED, QUEUED, SKIPPED, LabelQueue, QueueError, UnknownItem
+from visionloop.labeling.rules import (
     DISAGREEMENT,
     DRIFT,
-    INVALID,
-    LABELED,
     LOW_CONFIDENCE,
-    QUEUED,
     RANDOM,
-    SKIPPED,
+    REASONS,
     LabelingRules,
-    LabelQueue,
-    QueueError,
-    UnknownItem,
-    enqueue_from_log,
-    previous_model_probabilities,
     uniform_from_id,
 )
-from visionloop.params import validate_params
-from visionloop.store.predlog import PredictionLog, save_png
-
-REPO = Path(__file__).resolve().parents[2]
-CLASSES = ["0", "1", "2"]
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-NO_CAPS = {"low_confidence": None, "disagreement": None, "drift": None, "random": None}
+from visionloop.labeling.scan import enqueue_frame, enqueue_from_log, last_scan_through, previous_model_probabilities
+from visionloop.store.predlog import PredictionLog
+from visionloop.store.records import save_png
 
 
-def rules(**overrides: Any) -> LabelingRules:
-    """Rules with only what a test switches on: random off unless asked, no caps unless asked."""
-    values: dict[str, Any] = {"random_rate": 0.0, "caps": dict(NO_CAPS), "low_confidence_threshold": 0.6}
-    values.update(overrides)
-    return LabelingRules(**values)
+def rules(seed: int | None = None, **labeling: Any) -> LabelingRules:
+    """params.yaml's rules with only what a test switches on: random off unless asked, no caps unless asked.
 
-
-def record(
-    confidence: float = 0.9,
-    label: str = "2",
-    at: datetime | None = None,
-    features: dict[str, float] | None = None,
-    version: str = "2",
-    image_path: str | None = None,
-) -> PredictionRecord:
-    rest = (1 - confidence) / (len(CLASSES) - 1)
-    probabilities = {c: (confidence if c == label else rest) for c in CLASSES}
-    return PredictionRecord(
-        id=str(uuid.uuid4()),
-        created_at=at or T0,
-        model_name="digits",
-        model_version=version,
-        label=label,
-        confidence=confidence,
-        probabilities=probabilities,
-        features=features or {"brightness": 0.3, "contrast": 0.2},
-        image_path=image_path,
-    )
-
-
-@pytest.fixture
-def plog(tmp_path: Path) -> PredictionLog:
-    log = PredictionLog(f"sqlite:///{tmp_path / 'predictions.db'}")
-    yield log
-    log.dispose()
+    ``labeling``: overrides of ``labeling:`` sections, e.g. ``drift={"cap_per_hour": 3}``.
+    """
+    off: dict[str, Any] = {reason: {"cap_per_hour": None} for reason in REASONS}
+    off["random"]["rate"] = 0.0
+    settings = Settings.load(REPO).with_overrides({"labeling": deep_merge(off, labeling)})
+    return LabelingRules(settings.params.labeling, settings.seed if seed is None else seed)
 
 
 def queued_ids(queue: LabelQueue, state: str = QUEUED) -> dict[str, dict[str, Any]]:
@@ -88,7 +50,7 @@ def test_low_confidence_rule_queues_below_threshold_least_confident_first(plog: 
     records = [record(0.3), record(0.55), record(0.59), record(0.6), record(0.95)]
     plog.write(records)
     queue = LabelQueue(plog, rules())
-    result = queue.enqueue_frame(plog.read_window())
+    result = enqueue_frame(queue, plog.read_window())
     assert result.examined == 5
     assert result.queued[LOW_CONFIDENCE] == 3
     queued = queued_ids(queue)
@@ -103,8 +65,8 @@ def test_low_confidence_rule_queues_below_threshold_least_confident_first(plog: 
 def test_random_rule_is_a_reproducible_small_share(plog: PredictionLog) -> None:
     records = [record(0.99) for _ in range(600)]
     plog.write(records)
-    queue = LabelQueue(plog, rules(random_rate=0.1, seed=7))
-    queue.enqueue_frame(plog.read_window())
+    queue = LabelQueue(plog, rules(seed=7, random={"rate": 0.1}))
+    enqueue_frame(queue, plog.read_window())
     picked = set(queued_ids(queue))
     expected = {r.id for r in records if uniform_from_id(r.id, 7) < 0.1}
     assert picked == expected
@@ -120,33 +82,12 @@ def test_disagreement_rule_with_given_previous_outputs(plog: PredictionLog) -> N
         [[0.05, 0.05, 0.9], [0.7, 0.2, 0.1]], index=[agree.id, disagree.id], columns=CLASSES
     )
     queue = LabelQueue(plog, rules())
-    result = queue.enqueue_frame(plog.read_window(), previous_probabilities=previous)
+    result = enqueue_frame(queue, plog.read_window(), previous_probabilities=previous)
     queued = queued_ids(queue)
     assert set(queued) == {disagree.id}
     assert result.queued[DISAGREEMENT] == 1
     # total-variation distance between (0.05, 0.05, 0.9) and (0.7, 0.2, 0.1) = 0.8; weight 3
     assert queued[disagree.id]["priority"] == pytest.approx(3 + 0.8)
-
-
-def tiny_model(version: str, always: int | None = None) -> Any:
-    """A small untrained ServableModel; with ``always`` its head answers that class for every image."""
-    import torch
-
-    from visionloop.models.bundle import ServableModel
-    from visionloop.training.model import build_network
-    from visionloop.training.preprocess import build_pipeline, pipeline_to_json
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    torch.manual_seed(0)
-    config = {"num_classes": len(CLASSES), "in_channels": 1, "widths": [4, 8], "embedding_dim": 8, "dropout": 0.0}
-    network = build_network(config)
-    if always is not None:
-        with torch.no_grad():
-            network.head.weight.zero_()
-            network.head.bias.fill_(-5.0)
-            network.head.bias[always] = 5.0
-    transform = pipeline_to_json(build_pipeline(params["augment"]["eval"]))
-    return ServableModel(network, transform, list(CLASSES), config, name="digits", version=version)
 
 
 def test_disagreement_rule_with_a_previous_model_on_the_stored_images(plog: PredictionLog, tmp_path: Path) -> None:
@@ -159,13 +100,13 @@ def test_disagreement_rule_with_a_previous_model_on_the_stored_images(plog: Pred
     answered_by_previous = record(0.9, label="0", version="1", image_path=records[0].image_path)
     no_image = record(0.9, label="0")
     plog.write([*records, answered_by_previous, no_image])
-    previous = tiny_model("1", always=2)
+    previous = tiny_model(CLASSES, "1", always=2)
     frame = plog.read_window()
     probabilities = previous_model_probabilities(frame, previous)
     assert set(probabilities.index) == {r.id for r in records}  # same version and image-less rows left out
     assert (probabilities.idxmax(axis=1) == "2").all()
     queue = LabelQueue(plog, rules())
-    queue.enqueue_frame(frame, previous_probabilities=probabilities)
+    enqueue_frame(queue, frame, previous_probabilities=probabilities)
     assert set(queued_ids(queue)) == {records[0].id, records[1].id, records[3].id}
 
 
@@ -179,9 +120,9 @@ def test_drift_rule_flags_values_outside_the_reference_range_of_drifted_features
     near = record(features={"brightness": 0.15, "contrast": 0.15})
     other_feature = record(features={"brightness": 0.3, "contrast": 0.9})  # contrast is not a drifted feature
     plog.write([inside, far, near, other_feature])
-    queue = LabelQueue(plog, rules(drift_quantile=0.01))
-    result = queue.enqueue_frame(
-        plog.read_window(), drifted_features=["brightness", "pred_label"], reference=reference
+    queue = LabelQueue(plog, rules(drift={"quantile": 0.01}))
+    result = enqueue_frame(
+        queue, plog.read_window(), drifted_features=["brightness", "pred_label"], reference=reference
     )
     queued = queued_ids(queue)
     assert set(queued) == {far.id, near.id}
@@ -190,16 +131,15 @@ def test_drift_rule_flags_values_outside_the_reference_range_of_drifted_features
     assert 2 < queued[near.id]["priority"] < queued[far.id]["priority"] < 3
     # without a verdict the rule is off
     plog.write([record(features={"brightness": 5.0, "contrast": 0.15})])
-    assert queue.enqueue_frame(plog.read_window()).queued[DRIFT] == 0
+    assert enqueue_frame(queue, plog.read_window()).queued[DRIFT] == 0
 
 
 def test_caps_are_per_rule_and_per_hour_of_traffic_best_first(plog: PredictionLog) -> None:
     hour_a = [record(0.1 + 0.04 * i, at=T0 + timedelta(minutes=i)) for i in range(10)]
     hour_b = [record(0.1 + 0.04 * i, at=T0 + timedelta(hours=1, minutes=i)) for i in range(10)]
     plog.write(hour_a + hour_b)
-    caps = dict(NO_CAPS, low_confidence=3)
-    queue = LabelQueue(plog, rules(caps=caps))
-    result = queue.enqueue_frame(plog.read_window())
+    queue = LabelQueue(plog, rules(low_confidence={"cap_per_hour": 3}))
+    result = enqueue_frame(queue, plog.read_window())
     assert result.queued[LOW_CONFIDENCE] == 6 and result.capped[LOW_CONFIDENCE] == 14
     queued = queued_ids(queue)
     assert set(queued) == {r.id for r in hour_a[:3] + hour_b[:3]}  # the least confident of each hour
@@ -209,8 +149,8 @@ def test_caps_are_per_rule_and_per_hour_of_traffic_best_first(plog: PredictionLo
     late = record(0.05, at=T0 + timedelta(minutes=30))
     both = record(0.05, at=T0 + timedelta(minutes=31))
     plog.write([late, both])
-    queue.rules = rules(caps=dict(caps, random=1), random_rate=1.0)
-    second = queue.enqueue_frame(plog.read_window())
+    queue.rules = rules(low_confidence={"cap_per_hour": 3}, random={"cap_per_hour": 1, "rate": 1.0})
+    second = enqueue_frame(queue, plog.read_window())
     assert second.examined == 2
     assert second.queued == {DISAGREEMENT: 0, DRIFT: 0, LOW_CONFIDENCE: 0, RANDOM: 1}
     assert second.capped[LOW_CONFIDENCE] == 1
@@ -221,14 +161,13 @@ def test_the_highest_weight_rule_names_the_reason(plog: PredictionLog) -> None:
     plog.write([both])
     previous = pd.DataFrame([[0.8, 0.1, 0.1]], index=[both.id], columns=CLASSES)
     queue = LabelQueue(plog, rules())
-    queue.enqueue_frame(plog.read_window(), previous_probabilities=previous)
+    enqueue_frame(queue, plog.read_window(), previous_probabilities=previous)
     assert queued_ids(queue)[both.id]["reason"] == DISAGREEMENT
 
 
 def settings_for(tmp_path: Path, labeling: dict[str, Any]) -> Settings:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["labeling"] = labeling
-    return Settings(root=tmp_path, params=validate_params(params, "test params"))
+    """The repository's params with some of ``labeling:`` replaced, for a project at ``tmp_path``."""
+    return Settings(root=tmp_path, params=Settings.load(REPO).with_overrides({"labeling": labeling}).params)
 
 
 def test_enqueue_from_log_scans_once_and_catches_late_rows_within_the_overlap(
@@ -249,19 +188,19 @@ def test_enqueue_from_log_scans_once_and_catches_late_rows_within_the_overlap(
     newer = record(0.2, at=T0 + timedelta(minutes=20))
     plog.write([late, too_old, newer])
     third = enqueue_from_log(settings, plog, now=T0 + timedelta(minutes=21))
-    queue = LabelQueue(plog)
+    queue = LabelQueue(plog, LabelingRules.from_settings(settings))
     queued = queued_ids(queue)
     assert late.id in queued and newer.id in queued
     assert too_old.id not in queued  # older than the overlap: a scan never goes that far back
     assert third.queued[LOW_CONFIDENCE] == 2
-    assert queue.last_scan_through() == newer.created_at
+    assert last_scan_through(queue) == newer.created_at
 
 
 def test_state_machine(plog: PredictionLog) -> None:
     records = [record(0.1 + 0.1 * i) for i in range(5)]
     plog.write(records)
     queue = LabelQueue(plog, rules())
-    queue.enqueue_frame(plog.read_window())
+    enqueue_frame(queue, plog.read_window())
     a, b, c, d, e = (r.id for r in records)
 
     item = queue.next_item()
@@ -322,7 +261,7 @@ def test_claims_keep_two_labelers_on_different_images(plog: PredictionLog) -> No
     records = [record(0.1), record(0.2), record(0.3)]
     plog.write(records)
     queue = LabelQueue(plog, rules(lease_seconds=60))
-    queue.enqueue_frame(plog.read_window())
+    enqueue_frame(queue, plog.read_window())
     now = T0
     first = queue.next_item(claimant="alice", now=now)
     second = queue.next_item(claimant="bob", now=now)
@@ -340,8 +279,8 @@ def test_progress_counts_classes_and_the_labeled_share_of_drifted_traffic(plog: 
     ]  # equal scores: the earliest fill the cap
     low = [record(0.3, label="2"), record(0.3, label="1")]
     plog.write(drifted + low)
-    queue = LabelQueue(plog, rules(caps=dict(NO_CAPS, drift=3)))
-    queue.enqueue_frame(plog.read_window(), drifted_features=["brightness"], reference=reference)
+    queue = LabelQueue(plog, rules(drift={"cap_per_hour": 3}))
+    enqueue_frame(queue, plog.read_window(), drifted_features=["brightness"], reference=reference)
     progress = queue.progress()
     assert progress["queued"] == 5 and progress["capped"] == 1
     assert progress["queued_per_class"] == {"0": 2, "1": 2, "2": 1}  # by predicted label; drifted[3] is capped
@@ -358,10 +297,11 @@ def test_progress_counts_classes_and_the_labeled_share_of_drifted_traffic(plog: 
 
 
 def test_rules_come_from_params_yaml() -> None:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = repo_params()
     loaded = LabelingRules.from_settings(Settings.load(REPO))
     section = params["labeling"]
-    assert loaded.low_confidence_threshold == section["low_confidence"]["threshold"]
-    assert loaded.random_rate == section["random"]["rate"]
-    assert loaded.caps[DRIFT] == section["drift"]["cap_per_hour"]
-    assert loaded.weights[DISAGREEMENT] > loaded.weights[RANDOM]
+    assert loaded.params.low_confidence.threshold == section["low_confidence"]["threshold"]
+    assert loaded.params.random.rate == section["random"]["rate"]
+    assert loaded.rule(DRIFT).cap_per_hour == section["drift"]["cap_per_hour"]
+    assert loaded.weight(DISAGREEMENT) > loaded.weight(RANDOM)
+    assert loaded.seed == params["seed"]

@@ -8,32 +8,31 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from helpers.project import repo_params
+from helpers.records import CLASSES, record
 
-from visionloop.config import Settings, deep_merge
+from visionloop.config import Settings
 from visionloop.labeling.queue import LabelQueue
+from visionloop.labeling.rules import LabelingRules
+from visionloop.labeling.scan import enqueue_frame
 from visionloop.params import validate_params
-from visionloop.serving.routes.labeling import labeling_router
-from visionloop.store.predlog import PredictionLog, save_png
+from visionloop.serving.app import add_routes
+from visionloop.serving.deps import open_log, serving_model
+from visionloop.store.predlog import PredictionLog
+from visionloop.store.records import save_png
 
-REPO = Path(__file__).resolve().parents[2]
-CLASSES = ["0", "1", "2"]
 TOKEN = "s3cret"
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> dict[str, Any]:
-    from test_labeling import record
-
-    plog = PredictionLog(f"sqlite:///{tmp_path / 'predictions.db'}")
+def setup(tmp_path: Path, plog: PredictionLog) -> dict[str, Any]:
     image = tmp_path / "img.png"
     save_png(np.arange(64, dtype=np.uint8).reshape(8, 8), image)
     records = [record(0.2, image_path=str(image)), record(0.3), record(0.4)]
     plog.write(records)
-    LabelQueue(plog).enqueue_frame(plog.read_window())
-    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), {"serving": {"token": TOKEN}})
+    params = repo_params({"serving": {"token": TOKEN}})
     state: dict[str, Any] = {
         "log": plog,
         "model": SimpleNamespace(classes=CLASSES, version="2", name="digits"),
@@ -41,12 +40,13 @@ def setup(tmp_path: Path) -> dict[str, Any]:
     }
     app = FastAPI()
     settings = Settings(root=tmp_path, params=validate_params(params, "test params"))
-    app.include_router(labeling_router(settings, lambda: state["log"],
-                                       lambda: state["model"]))
+    enqueue_frame(LabelQueue(plog, LabelingRules.from_settings(settings)), plog.read_window())
+    add_routes(app, settings)  # the real routes, over a stand-in model and log:
+    app.dependency_overrides[serving_model] = lambda: state["model"]
+    app.dependency_overrides[open_log] = lambda: state["log"]
     state["client"] = TestClient(app)
     state["auth"] = {"Authorization": f"Bearer {TOKEN}"}
-    yield state
-    plog.dispose()
+    return state
 
 
 def test_token_guards_everything_but_the_pages_and_the_metrics(setup: dict[str, Any]) -> None:

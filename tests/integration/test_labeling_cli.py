@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.images import write_tiny_source
+from helpers.models import save_bundle, tiny_model
+from helpers.project import REPO
+from helpers.records import record
 from typer.testing import CliRunner
 
 from visionloop.cli.main import app
 from visionloop.config import Settings
 from visionloop.store.predlog import PredictionLog
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -25,8 +27,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_enqueue_and_progress(project: Path) -> None:
-    from test_labeling import record
-
     # The random rule samples ~2 % of ids (a hash of the random uuid); off here, so the counts are exact.
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["labeling"]["random"]["rate"] = 0.0
@@ -49,13 +49,28 @@ def test_enqueue_and_progress(project: Path) -> None:
     assert progress["queued"] == 2 and progress["queued_per_class"] == {"2": 2}
 
 
-def test_suspects_with_a_bundle_folder(project: Path) -> None:
-    import torch
-    from test_labeling import tiny_model
-    from test_mislabel import write_tiny_source
+def test_enqueue_takes_the_champion_and_a_previous_version_from_the_registry(
+    trained_copy: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The champion's reference profile feeds the drift rule; ``--previous`` names the disagreement rule's model."""
+    champion = "1"
+    plog = PredictionLog(trained_copy.db_url)
+    bright = {"brightness": 0.97, "contrast": 0.01}  # far outside the digits the champion was trained on
+    plog.write([record(0.95, version=champion, features=bright) for _ in range(20)])
+    plog.dispose()
+    monkeypatch.setenv("VISIONLOOP_PROJECT_DIR", str(trained_copy.root))
+    result = CliRunner().invoke(app, ["label", "enqueue", "--json", "--previous", champion])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["previous_version"] == champion
+    assert not any("no champion" in note for note in payload["notes"]), payload["notes"]
+    assert "brightness" in payload["drifted_features"]
+    assert payload["examined"] == 20 and payload["queued"]["drift"] > 0
+    assert payload["queued"]["disagreement"] == 0  # answered by that same version: nothing to compare
 
-    from visionloop.contracts import BUNDLE_FILES
-    from visionloop.data.ingest import prepare_from_settings
+
+def test_suspects_with_a_bundle_folder(project: Path) -> None:
+    from visionloop.data.prepare import prepare_from_settings
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"].update(source="incoming", prepared_dir="data/prepared")
@@ -63,14 +78,7 @@ def test_suspects_with_a_bundle_folder(project: Path) -> None:
     write_tiny_source(project / "incoming")
     prepare_from_settings(Settings.load(project))
 
-    model = tiny_model("1")
-    bundle = project / "bundle-dir"
-    for key in ("config", "state_dict", "eval_transform", "classes"):
-        (bundle / BUNDLE_FILES[key]).parent.mkdir(parents=True, exist_ok=True)
-    (bundle / BUNDLE_FILES["config"]).write_text(json.dumps(model.config))
-    torch.save(model.network.state_dict(), bundle / BUNDLE_FILES["state_dict"])
-    (bundle / BUNDLE_FILES["eval_transform"]).write_text(model.eval_transform_json)
-    (bundle / BUNDLE_FILES["classes"]).write_text(json.dumps(["a", "b", "c"]))
+    bundle = save_bundle(tiny_model(["a", "b", "c"]), project / "bundle-dir")
 
     output = project / "out" / "suspects.csv"
     result = CliRunner().invoke(app, ["label", "suspects", "--model", str(bundle), "--output", str(output)])

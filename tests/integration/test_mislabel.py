@@ -9,20 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from helpers.images import write_tiny_source
+from helpers.models import tiny_model
+from helpers.project import REPO
 from sklearn.datasets import load_digits
 
-from visionloop.labeling.review import (
-    CONFIRMED,
-    CORRECTED,
-    SUSPECT_COLUMNS,
-    ReviewStore,
-    apply_corrections,
-    find_label_issues,
-    load_or_compute_suspects,
-    out_of_fold_probabilities,
-    undecided,
-)
+from visionloop.config import Settings
+from visionloop.labeling.confident_learning import find_label_issues, out_of_fold_probabilities
+from visionloop.labeling.review import CONFIRMED, CORRECTED, ReviewStore, apply_corrections, undecided
+from visionloop.labeling.suspects import SUSPECT_COLUMNS, load_or_compute_suspects
+
+REVIEW = Settings.load(REPO).params.labeling.review
+OOF = {"folds": REVIEW.folds, "C": REVIEW.C}  # the out-of-fold regression of params.yaml
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,7 @@ def precision_recall(found: pd.DataFrame, flipped: np.ndarray) -> tuple[float, f
 @pytest.mark.parametrize("method", ["prune_by_noise_rate", "confident_joint"])
 def test_finds_most_flipped_labels_with_few_false_flags(noisy_digits, method: str) -> None:
     x, truth, noisy, flipped = noisy_digits
-    found = find_label_issues(x, noisy.astype(str), method=method, seed=0)
+    found = find_label_issues(x, noisy.astype(str), method=method, seed=0, **OOF)
     precision, recall = precision_recall(found, flipped)
     assert recall >= 0.7, f"{method}: recall {recall:.2f}"
     assert precision >= 0.6, f"{method}: precision {precision:.2f}"
@@ -61,47 +59,35 @@ def test_accepts_out_of_fold_probabilities_directly(noisy_digits) -> None:
     x, _, noisy, _ = noisy_digits
     labels = noisy.astype(str)
     classes = [str(d) for d in range(10)]
-    probabilities = out_of_fold_probabilities(x, labels, classes, seed=0)
+    probabilities = out_of_fold_probabilities(x, labels, classes, seed=0, **OOF)
     assert probabilities.shape == (len(labels), 10)
     assert np.allclose(probabilities.sum(axis=1), 1.0)
-    from_probabilities = find_label_issues(probabilities, labels, classes=classes)  # auto-detected
-    from_features = find_label_issues(x, labels, classes=classes, seed=0)
+    # auto-detected as probabilities: no regression is fitted on them
+    from_probabilities = find_label_issues(probabilities, labels, classes=classes, method=REVIEW.method, **OOF)
+    from_features = find_label_issues(x, labels, classes=classes, method=REVIEW.method, seed=0, **OOF)
     assert from_probabilities["position"].tolist() == from_features["position"].tolist()
 
 
 def test_clean_labels_raise_few_flags(noisy_digits) -> None:
     x, truth, _, _ = noisy_digits
-    found = find_label_issues(x, truth.astype(str), method="confident_joint", seed=0)
+    found = find_label_issues(x, truth.astype(str), method="confident_joint", seed=0, **OOF)
     assert len(found) <= 0.02 * len(truth)
 
 
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="not among the classes"):
-        find_label_issues(np.eye(3), ["a", "b", "c"], classes=["a", "b"])
+        find_label_issues(np.eye(3), ["a", "b", "c"], classes=["a", "b"], method=REVIEW.method, **OOF)
     with pytest.raises(ValueError, match="at least 2 examples"):
-        find_label_issues(np.random.default_rng(0).normal(size=(3, 2)), ["a", "a", "b"], inputs="embeddings")
+        embeddings = np.random.default_rng(0).normal(size=(3, 2))
+        find_label_issues(embeddings, ["a", "a", "b"], inputs="embeddings", method=REVIEW.method, **OOF)
 
 
 # --- review decisions → a new snapshot ----------------------------------------------------------------
 
 
-def write_tiny_source(root: Path) -> dict[str, list[Path]]:
-    """Three classes of distinct 16×16 images in a class-per-folder source."""
-    rng = np.random.default_rng(0)
-    files: dict[str, list[Path]] = {}
-    for label in ("a", "b", "c"):
-        folder = root / label
-        folder.mkdir(parents=True)
-        for i in range(8):
-            path = folder / f"{label}{i}.png"
-            Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(path)
-            files.setdefault(label, []).append(path)
-    return files
-
-
 def test_corrections_become_a_new_dvc_data_version_never_an_edit(make_project: Callable[..., Path]) -> None:
-    from visionloop.config import Settings
-    from visionloop.data.ingest import prepare_from_settings, read_manifest
+    from visionloop.data.manifest import read_manifest
+    from visionloop.data.prepare import prepare_from_settings
     from visionloop.data.snapshot import latest_snapshot
     from visionloop.store.predlog import PredictionLog
 
@@ -109,7 +95,7 @@ def test_corrections_become_a_new_dvc_data_version_never_an_edit(make_project: C
     files = write_tiny_source(root / "incoming")
     settings = Settings.load(root)
     prepare_from_settings(settings)
-    manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
+    manifest = read_manifest(settings.path(settings.params.data.prepared_dir))
     wrong = manifest[manifest["source_path"] == "a/a3.png"].iloc[0]
     right = manifest[manifest["source_path"] == "b/b1.png"].iloc[0]
 
@@ -148,20 +134,16 @@ def test_corrections_become_a_new_dvc_data_version_never_an_edit(make_project: C
 def test_suspects_of_the_prepared_data_are_computed_once_per_model_version(
     make_project: Callable[..., Path],
 ) -> None:
-    from test_labeling import tiny_model
-
-    from visionloop.config import Settings
-    from visionloop.data.ingest import prepare_from_settings
+    from visionloop.data.prepare import prepare_from_settings
 
     root = make_project({"data": {"source": "incoming", "min_side": 8, "channels": 1}})
     write_tiny_source(root / "incoming")
     settings = Settings.load(root)
     prepare_from_settings(settings)
-    model = tiny_model("4")
-    model.classes = ["a", "b", "c"]
+    model = tiny_model(["a", "b", "c"], "4")
     first = load_or_compute_suspects(settings, model)
     assert list(first.columns) == SUSPECT_COLUMNS
-    output = settings.path(settings.section("labeling")["review"]["output"])
+    output = settings.path(settings.params.labeling.review.output)
     assert output.exists() and output.with_suffix(".json").exists()
     stamp = output.stat().st_mtime_ns
     again = load_or_compute_suspects(settings, model)

@@ -4,112 +4,16 @@ monitor's report in MLflow and the Evidently workspace, the Prefect flow (local 
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.traffic import log_traffic
 from scipy import stats
 from typer.testing import CliRunner
 
 from visionloop.config import Settings
-
-# A quick champion that trains on half the train split, so the other half is clean traffic it never saw.
-PROJECT_PARAMS = {
-    "train": {"epochs": 6, "limit_train_fraction": 0.5},
-    "registry": {"min_quality": {"metric": "accuracy", "threshold": 0.0}},
-}
-
-
-# --- shared with test_performance ---------------------------------------------------------------------
-
-
-def trained_project(root: Path) -> Settings:
-    """A project with a registered champion v1 in its own MLflow (the pipeline's real steps)."""
-    from helpers.project import create_project
-
-    from visionloop.training import pipeline
-
-    settings = Settings.load(create_project(root, PROJECT_PARAMS))
-    pipeline.import_step(settings)
-    pipeline.prepare_step(settings)
-    pipeline.train_step(settings, trigger="test")
-    pipeline.evaluate_step(settings)
-    assert pipeline.register_step(settings, trigger="test")["aliases"] == ["champion"]
-    return settings
-
-
-def unseen_images(settings: Settings) -> tuple[list[np.ndarray], list[str]]:
-    """Clean digits the champion neither trained on nor holds in its reference profile."""
-    from visionloop.data.ingest import load_image, read_manifest
-    from visionloop.training.datamodule import stratified_subset
-
-    manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
-    train = manifest[manifest["split"] == "train"]
-    trained = stratified_subset(train, PROJECT_PARAMS["train"]["limit_train_fraction"], settings.seed)
-    unseen = train.drop(index=trained.index).sample(frac=1.0, random_state=0)
-    return [load_image(p) for p in unseen["abs_path"]], unseen["label"].tolist()
-
-
-def log_traffic(
-    settings: Settings,
-    monitored,
-    images: list[np.ndarray],
-    labels: list[str] | None = None,
-    at: datetime | None = None,
-) -> list[str]:
-    """Predict like the server and write the rows (features, stored PNGs, feedback) to the prediction log."""
-    from visionloop.store.predlog import PendingPredictions, PredictionLog, build_records, image_file, save_png
-
-    model = monitored.model
-    predictions = model.predict(images)
-    at = at or datetime.now(UTC)
-    ids = [str(uuid.uuid4()) for _ in images]
-    pending = PendingPredictions(ids, at, model.name, model.version, model.classes, model.reduction, images,
-                                 predictions.probabilities, predictions.embeddings)
-    image_dir = Path(settings.db_url.removeprefix("sqlite:///")).parent / "images"
-    paths = []
-    for prediction_id, image in zip(ids, images, strict=True):
-        path = image_file(image_dir, prediction_id, at)
-        save_png(image, path)
-        paths.append(str(path))
-    plog = PredictionLog(settings.db_url)
-    try:
-        plog.write(build_records(pending, paths))
-        for prediction_id, label in zip(ids, labels or [], strict=False):
-            plog.add_feedback(prediction_id, label)
-    finally:
-        plog.dispose()
-    return ids
-
-
-@pytest.fixture
-def fresh_log(monkeypatch, tmp_path: Path) -> Path:
-    """An empty prediction log for one test (the project, its MLflow and champion stay shared)."""
-    monkeypatch.setenv("VISIONLOOP_DB_URL", f"sqlite:///{tmp_path / 'predictions.db'}")
-    return tmp_path
-
-
-# --- this module's project ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> Settings:
-    return trained_project(tmp_path_factory.mktemp("monitoring") / "project")
-
-
-@pytest.fixture(scope="module")
-def champion(settings: Settings):
-    from visionloop.monitoring.monitor import load_monitored
-
-    return load_monitored(settings)
-
-
-@pytest.fixture(scope="module")
-def clean(settings: Settings) -> tuple[list[np.ndarray], list[str]]:
-    return unseen_images(settings)
 
 
 def features_of(champion, images: list[np.ndarray]) -> pd.DataFrame:
@@ -119,16 +23,17 @@ def features_of(champion, images: list[np.ndarray]) -> pd.DataFrame:
     return feature_frame(images, model.predict(images), model.classes, model.reduction)
 
 
-def test_champion_is_cached_by_version(settings: Settings, champion) -> None:
+def test_champion_is_cached_by_version(trained_settings: Settings, champion) -> None:
     from visionloop.contracts import BUNDLE_FILES
-    from visionloop.monitoring.monitor import load_monitored
+    from visionloop.monitoring.monitored import load_monitored
 
-    assert champion.version == "1" and champion.name == settings.model_name
-    assert champion.bundle_dir == settings.state_dir / "monitoring" / "models" / f"{settings.model_name}-v1"
+    assert champion.version == "1" and champion.name == trained_settings.model_name
+    cached = trained_settings.state_dir / "models" / trained_settings.model_name / "1"  # models.cache
+    assert champion.bundle_dir == cached
     assert (champion.bundle_dir / BUNDLE_FILES["test_set"] / "manifest.csv").exists()
     marker = champion.bundle_dir / ".complete"
     stamp = marker.stat().st_mtime_ns
-    again = load_monitored(settings, f"models:/{settings.model_name}@champion")
+    again = load_monitored(trained_settings, f"models:/{trained_settings.model_name}@champion")
     assert again.version == "1" and marker.stat().st_mtime_ns == stamp  # not downloaded twice
     assert len(again.reference) == len(champion.reference) > 400
 
@@ -139,9 +44,10 @@ def test_false_alarm_rate_on_real_digit_features_is_at_most_alpha(champion) -> N
     Each window splits the profile's held-out rows at random into a reference half and a current half,
     so reference and current never share an image.
     """
-    from visionloop.monitoring.drift import run_drift_tests
+    from visionloop.monitoring.drift import DriftThresholds, run_drift_tests
     from visionloop.monitoring.monitor import monitored_columns
 
+    thresholds = DriftThresholds(alpha=0.05, critical_share=0.3, critical_distance=0.5)
     profile = champion.reference.reset_index(drop=True)
     columns = monitored_columns(champion, profile)
     assert {"brightness", "emb_0", "pred_label", "confidence", "prob_9"} <= set(columns)
@@ -152,7 +58,7 @@ def test_false_alarm_rate_on_real_digit_features_is_at_most_alpha(champion) -> N
         for _ in range(runs):
             order = rng.permutation(len(profile))
             reference, current = profile.iloc[order[:half]], profile.iloc[rng.choice(order[half:], n, replace=False)]
-            alarms += run_drift_tests(reference, current, alpha=0.05, columns=columns).drift
+            alarms += run_drift_tests(reference, current, thresholds, columns=columns).drift
         p_value = stats.binomtest(alarms, runs, 0.05, alternative="greater").pvalue
         assert p_value > 0.01, f"{alarms}/{runs} false alarms at n={n}"
         if runs >= 300:
@@ -161,44 +67,48 @@ def test_false_alarm_rate_on_real_digit_features_is_at_most_alpha(champion) -> N
 
 def test_strong_corruption_is_detected_and_evidently_agrees(champion, clean) -> None:
     from visionloop.data.corruptions import corrupt
-    from visionloop.monitoring.drift import check_drift, evidently_dataset_drift, run_drift_tests
+    from visionloop.monitoring.drift import DriftThresholds, run_drift_tests
+    from visionloop.monitoring.evidently_report import check_drift, evidently_dataset_drift
     from visionloop.monitoring.monitor import monitored_columns
 
+    thresholds = DriftThresholds(alpha=0.05, critical_share=0.3, critical_distance=0.5)
     images = clean[0][:60]
     for current, expect in ((features_of(champion, images), False),
                             (features_of(champion, corrupt(images, "gaussian_noise", 2)), True)):
         columns = monitored_columns(champion, current)
-        fast = run_drift_tests(champion.reference, current, columns=columns)
-        verdict, snapshot = check_drift(champion.reference, current, columns=columns)
+        fast = run_drift_tests(champion.reference, current, thresholds, columns=columns)
+        verdict, snapshot = check_drift(champion.reference, current, thresholds, columns=columns)
         assert verdict.drift is fast.drift is expect
         assert verdict.drifted_features == fast.drifted_features
         assert evidently_dataset_drift(snapshot) is expect
     assert verdict.severity == "critical" and {"sharpness", "entropy"} <= set(verdict.drifted_features)
 
 
-def test_a_small_window_is_not_enough_data(settings: Settings, champion, clean, fresh_log: Path) -> None:
+def test_a_small_window_is_not_enough_data(trained_settings: Settings, champion, clean, fresh_log: Path) -> None:
     from visionloop.monitoring.monitor import run_monitor
 
-    log_traffic(settings, champion, clean[0][:5])
-    before = sorted((settings.state_dir / "monitoring").iterdir())
-    result = run_monitor(settings)
+    log_traffic(trained_settings, champion.model, clean[0][:5])
+    before = sorted((trained_settings.state_dir / "monitoring").glob("*"))
+    result = run_monitor(trained_settings)
     assert result.status == "not_enough_data" and result.verdict is None
     assert "not enough data" in result.message and "5 prediction" in result.message
     assert result.alert is None and result.files == {} and result.mlflow_run_id is None
-    assert sorted((settings.state_dir / "monitoring").iterdir()) == before  # nothing written
+    assert sorted((trained_settings.state_dir / "monitoring").glob("*")) == before  # nothing written
     assert result.performance is not None and result.performance.status == "not_enough_labels"
 
 
-def test_drifted_traffic_is_reported_logged_and_alerted(settings: Settings, champion, clean, fresh_log: Path) -> None:
+def test_drifted_traffic_is_reported_logged_and_alerted(
+    trained_settings: Settings, champion, clean, fresh_log: Path
+) -> None:
     from mlflow import MlflowClient
 
     from visionloop.data.corruptions import corrupt
     from visionloop.monitoring.monitor import run_monitor
 
     images = clean[0][:40]
-    log_traffic(settings, champion, clean[0][40:80])  # older, clean: outside the window of 40
-    log_traffic(settings, champion, corrupt(images, "blur", 2))
-    result = run_monitor(settings, window=40)
+    log_traffic(trained_settings, champion.model, clean[0][40:80])  # older, clean: outside the window of 40
+    log_traffic(trained_settings, champion.model, corrupt(images, "blur", 2))
+    result = run_monitor(trained_settings, window=40)
     assert result.status == "drift" and result.n_window == 40
     verdict = result.verdict
     assert verdict.drift and verdict.n_current == 40 and verdict.model_version == "1"
@@ -206,7 +116,7 @@ def test_drifted_traffic_is_reported_logged_and_alerted(settings: Settings, cham
     assert not {"id", "created_at", "image_path", "model_version", "source"} & {f.feature for f in verdict.features}
 
     # The files, under <state>/monitoring/<timestamp>/.
-    assert result.out_dir.parent == settings.state_dir / "monitoring"
+    assert result.out_dir.parent == trained_settings.state_dir / "monitoring"
     assert set(result.files) == {"report", "verdict", "images", "index"}
     assert json.loads(result.files["verdict"].read_text())["drifted_features"] == verdict.drifted_features
     assert result.files["report"].stat().st_size > 100_000
@@ -218,10 +128,10 @@ def test_drifted_traffic_is_reported_logged_and_alerted(settings: Settings, cham
         assert grid.size[0] > 600 and grid.size[1] > 300
 
     # MLflow: a run in the monitoring experiment with the verdict and the files.
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(trained_settings.tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     experiment = client.get_experiment(run.info.experiment_id)
-    assert experiment.name == settings.section("mlflow")["monitoring_experiment"]
+    assert experiment.name == trained_settings.params.mlflow.monitoring_experiment
     assert run.data.tags["drift"] == "true" and run.data.tags["severity"] == verdict.severity
     assert run.data.tags["model_version"] == "1"
     assert run.data.metrics["share_drifted"] == pytest.approx(verdict.share_drifted)
@@ -232,8 +142,8 @@ def test_drifted_traffic_is_reported_logged_and_alerted(settings: Settings, cham
     # The Evidently workspace: one project for the model, the snapshot in it.
     from evidently.ui.workspace import Workspace
 
-    workspace = Workspace.create(str(settings.state_dir / "evidently"))
-    (project,) = workspace.search_project(settings.model_name)
+    workspace = Workspace.create(str(trained_settings.state_dir / "evidently"))
+    (project,) = workspace.search_project(trained_settings.model_name)
     assert result.evidently_snapshot_id in {str(run_id) for run_id in workspace.list_runs(project.id)}
 
     # The alert: the verdict summary, the cause.
@@ -243,7 +153,7 @@ def test_drifted_traffic_is_reported_logged_and_alerted(settings: Settings, cham
 
 
 def test_monitor_flow_logs_its_report_and_raises_no_alert_on_clean_traffic(
-    settings: Settings, champion, clean, fresh_log: Path
+    trained_settings: Settings, champion, clean, fresh_log: Path
 ) -> None:
     from mlflow import MlflowClient
 
@@ -251,54 +161,54 @@ def test_monitor_flow_logs_its_report_and_raises_no_alert_on_clean_traffic(
     from visionloop.healing.alerts import AlertLog
 
     images, labels = clean
-    log_traffic(settings, champion, images[:120], labels[:120])  # clean, with feedback
-    state = monitor(project_dir=str(settings.root), return_state=True)
+    log_traffic(trained_settings, champion.model, images[:120], labels[:120])  # clean, with feedback
+    state = monitor(project_dir=str(trained_settings.root), return_state=True)
     assert state.is_completed(), state
     outcome = state.result()
     assert outcome["status"] == "ok" and outcome["verdict"]["drift"] is False
     assert outcome["alert"] is None and outcome["alert_raised"] is False
     assert outcome["performance"]["status"] == "checked" and outcome["performance"]["n"] == 120
     assert outcome["performance"]["summary"]["degraded"] is False
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(trained_settings.tracking_uri)
     run = client.get_run(outcome["mlflow_run_id"])
     assert run.data.tags["drift"] == "false" and run.data.tags["visionloop.kind"] == "drift"
     assert "drift/report.html" in {a.path for a in client.list_artifacts(run.info.run_id, "drift")}
     performance_run = client.get_run(outcome["performance"]["mlflow_run_id"])
     assert performance_run.data.metrics["accuracy"] > 0.8
-    assert AlertLog(settings.db_url).history(settings.model_name).empty
+    assert AlertLog(trained_settings.db_url).history(trained_settings.model_name).empty
 
 
-def test_monitor_flow_raises_the_alert_on_drift(settings: Settings, champion, clean, fresh_log: Path) -> None:
+def test_monitor_flow_raises_the_alert_on_drift(trained_settings: Settings, champion, clean, fresh_log: Path) -> None:
     from flows.monitor import monitor
     from visionloop.data.corruptions import corrupt
     from visionloop.healing.alerts import AlertLog
 
-    log_traffic(settings, champion, corrupt(clean[0][:50], "brightness_contrast", 2))
-    outcome = monitor(project_dir=str(settings.root), since_minutes=10)  # a window by time
+    log_traffic(trained_settings, champion.model, corrupt(clean[0][:50], "brightness_contrast", 2))
+    outcome = monitor(project_dir=str(trained_settings.root), since_minutes=10)  # a window by time
     assert outcome["status"] == "drift" and outcome["n_window"] == 50 and outcome["alert_raised"] is True
     assert outcome["alert"]["cause"] == "drift" and outcome["alert"]["severity"] == "critical"
-    history = AlertLog(settings.db_url).history(settings.model_name)
+    history = AlertLog(trained_settings.db_url).history(trained_settings.model_name)
     assert len(history) == 1 and history.iloc[0]["id"] == outcome["alert_id"]
     assert json.loads(history.iloc[0]["payload"])["drifted_features"] == outcome["alert"]["drifted_features"]
     # The drifted traffic feeds the labeling queue; a second run queues nothing twice.
     assert outcome["labeling"]["examined"] == 50 and outcome["labeling"]["queued"]["drift"] > 0
-    again = monitor(project_dir=str(settings.root), since_minutes=10, alert=False)
+    again = monitor(project_dir=str(trained_settings.root), since_minutes=10, alert=False)
     assert again["labeling"]["total_queued"] == 0
 
 
-def test_monitor_and_drift_commands(settings: Settings, champion, clean, fresh_log: Path, monkeypatch) -> None:
+def test_monitor_and_drift_commands(trained_settings: Settings, champion, clean, fresh_log: Path, monkeypatch) -> None:
     from visionloop.cli.main import app
 
-    monkeypatch.setenv("VISIONLOOP_PROJECT_DIR", str(settings.root))
+    monkeypatch.setenv("VISIONLOOP_PROJECT_DIR", str(trained_settings.root))
     runner = CliRunner()
-    log_traffic(settings, champion, clean[0][:30])
+    log_traffic(trained_settings, champion.model, clean[0][:30])
     result = runner.invoke(app, ["monitor", "--json", "--no-performance"])
     assert result.exit_code == 0, result.output
     outcome = json.loads(result.stdout)
     assert outcome["status"] == "ok" and outcome["n_window"] == 30 and outcome["alert"] is None
 
     # `drift` without --model uses the champion's embedding and output features.
-    folder = settings.path(settings.section("data")["prepared_dir"]) / "images"
+    folder = trained_settings.path(trained_settings.params.data.prepared_dir) / "images"
     result = runner.invoke(app, ["drift", str(folder / "0"), str(folder / "1"), "--json"])
     assert result.exit_code == 0, result.output
     assert "champion" in result.stderr and "v1" in result.stderr

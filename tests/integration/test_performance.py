@@ -8,30 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.traffic import log_traffic
 from PIL import Image
-from test_monitoring import fresh_log, log_traffic, trained_project, unseen_images  # noqa: F401 - fresh_log is a fixture
 from typer.testing import CliRunner
 
 from visionloop.config import Settings
 from visionloop.training.evaluate import Evaluation
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> Settings:
-    return trained_project(tmp_path_factory.mktemp("performance") / "project")
-
-
-@pytest.fixture(scope="module")
-def champion(settings: Settings):
-    from visionloop.monitoring.monitor import load_monitored
-
-    return load_monitored(settings)
-
-
-@pytest.fixture(scope="module")
-def clean(settings: Settings) -> tuple[list[np.ndarray], list[str]]:
-    return unseen_images(settings)
-
 
 # --- the rule, on its own -------------------------------------------------------------------------------
 
@@ -77,15 +59,17 @@ def test_evaluation_from_log_uses_the_logged_probabilities_and_skips_unknown_lab
 
 
 @pytest.mark.usefixtures("fresh_log")
-def test_performance_from_feedback_matches_the_training_time_evaluation(settings: Settings, champion, clean) -> None:
+def test_performance_from_feedback_matches_the_training_time_evaluation(
+    trained_settings: Settings, champion, clean
+) -> None:
     from mlflow import MlflowClient
 
     from visionloop.monitoring.performance import monitor_performance
     from visionloop.training.evaluate import evaluate_model
 
     images, labels = clean[0][:150], clean[1][:150]
-    log_traffic(settings, champion, images, labels[:120])  # the last 30 get no label
-    result = monitor_performance(settings, champion.model)
+    log_traffic(trained_settings, champion.model, images, labels[:120])  # the last 30 get no label
+    result = monitor_performance(trained_settings, champion.model)
     assert result.status == "checked" and result.n == 120 and result.n_unusable == 0
     expected = evaluate_model(champion.model, images[:120], labels[:120])
     assert result.metrics["accuracy"] == pytest.approx(expected.metrics()["accuracy"])
@@ -99,25 +83,26 @@ def test_performance_from_feedback_matches_the_training_time_evaluation(settings
     assert {"performance", "confusion", "roc"} <= set(result.files)
     written = json.loads(result.files["performance"].read_text())
     assert written["summary"]["n_labeled"] == 120 and written["comparison"][0]["metric"] == "accuracy"
-    run = MlflowClient(settings.tracking_uri).get_run(result.mlflow_run_id)
+    run = MlflowClient(trained_settings.tracking_uri).get_run(result.mlflow_run_id)
     assert run.data.tags["visionloop.kind"] == "performance" and run.data.tags["degraded"] == "false"
     assert run.data.metrics["training.accuracy"] == pytest.approx(champion.model.metrics["accuracy"])
     assert {"accuracy", "macro_f1", "roc_auc_ovr", "ece", "f1_class_3"} <= set(run.data.metrics)
-    artifacts = {a.path for a in MlflowClient(settings.tracking_uri).list_artifacts(run.info.run_id, "performance")}
+    client = MlflowClient(trained_settings.tracking_uri)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "performance")}
     assert {"performance/confusion_matrix.png", "performance/roc_curves.png"} <= artifacts
 
 
 @pytest.mark.usefixtures("fresh_log")
-def test_degraded_traffic_raises_a_performance_alert(settings: Settings, champion, clean) -> None:
+def test_degraded_traffic_raises_a_performance_alert(trained_settings: Settings, champion, clean) -> None:
     from visionloop.data.corruptions import corrupt
     from visionloop.monitoring.monitor import alert_payload
     from visionloop.monitoring.performance import monitor_performance
 
     images, labels = clean[0][:100], clean[1][:100]
-    log_traffic(settings, champion, corrupt(images, "new_camera", 2), labels)
-    result = monitor_performance(settings, champion.model, log=False)
+    log_traffic(trained_settings, champion.model, corrupt(images, "new_camera", 2), labels)
+    result = monitor_performance(trained_settings, champion.model, log=False)
     assert result.degraded and result.severity == "critical"
-    assert result.drop > settings.section("monitoring")["degradation_critical"]
+    assert result.drop > trained_settings.params.monitoring.degradation_critical
     assert result.mlflow_run_id is None
     payload = alert_payload(None, result)
     assert payload["cause"] == "performance" and payload["severity"] == "critical" and payload["drift"] is False
@@ -126,11 +111,11 @@ def test_degraded_traffic_raises_a_performance_alert(settings: Settings, champio
 
 
 @pytest.mark.usefixtures("fresh_log")
-def test_few_labels_are_not_judged(settings: Settings, champion, clean) -> None:
+def test_few_labels_are_not_judged(trained_settings: Settings, champion, clean) -> None:
     from visionloop.monitoring.performance import monitor_performance
 
-    log_traffic(settings, champion, clean[0][:40], ["0"] * 10)  # ten labels, mostly wrong
-    result = monitor_performance(settings, champion.model)
+    log_traffic(trained_settings, champion.model, clean[0][:40], ["0"] * 10)  # ten labels, mostly wrong
+    result = monitor_performance(trained_settings, champion.model)
     assert result.status == "not_enough_labels" and not result.degraded and result.n == 10
     assert "not enough labels" in result.message and result.files == {}
 
@@ -139,7 +124,7 @@ def test_few_labels_are_not_judged(settings: Settings, champion, clean) -> None:
 
 
 @pytest.fixture(scope="module")
-def darkened_manifest(settings: Settings, champion, tmp_path_factory) -> Path:
+def darkened_manifest(trained_settings: Settings, champion, tmp_path_factory) -> Path:
     """The bundle's test set as a CSV manifest with a `site` column; site B's images (a third) are darkened."""
     root = tmp_path_factory.mktemp("darkened")
     test_dir = champion.bundle_dir / "bundle" / "test_set"
@@ -157,13 +142,13 @@ def darkened_manifest(settings: Settings, champion, tmp_path_factory) -> Path:
 
 
 def test_slices_command_flags_the_deliberately_degraded_slice(
-    settings: Settings, champion, darkened_manifest: Path, monkeypatch
+    trained_settings: Settings, champion, darkened_manifest: Path, monkeypatch
 ) -> None:
     from mlflow import MlflowClient
 
     from visionloop.cli.main import app
 
-    monkeypatch.setenv("VISIONLOOP_PROJECT_DIR", str(settings.root))
+    monkeypatch.setenv("VISIONLOOP_PROJECT_DIR", str(trained_settings.root))
     result = CliRunner().invoke(app, ["slices", "--data", str(darkened_manifest), "--json"])
     assert result.exit_code == 0, result.output
     table = pd.DataFrame(json.loads(result.stdout)).set_index(["column", "slice"])
@@ -173,8 +158,8 @@ def test_slices_command_flags_the_deliberately_degraded_slice(
     assert table.loc[("site", "B"), "accuracy"] < overall < table.loc[("site", "A"), "accuracy"]
     assert table.loc[("site", "B"), "n"] == 90 and ("label", "3") in table.index
 
-    client = MlflowClient(settings.tracking_uri)
-    experiment = client.get_experiment_by_name(settings.section("mlflow")["monitoring_experiment"])
+    client = MlflowClient(trained_settings.tracking_uri)
+    experiment = client.get_experiment_by_name(trained_settings.params.mlflow.monitoring_experiment)
     (run,) = client.search_runs([experiment.experiment_id], "tags.`visionloop.kind` = 'slices'")
     assert "site=B" in run.data.tags["flagged_slices"] and "brightness=dark" in run.data.tags["flagged_slices"]
     assert run.data.metrics["accuracy.site.B"] == pytest.approx(table.loc[("site", "B"), "accuracy"])
@@ -182,23 +167,24 @@ def test_slices_command_flags_the_deliberately_degraded_slice(
                                                                                   "slices/slices.csv"}
 
 
-def test_slice_report_on_the_prepared_test_split(settings: Settings, champion) -> None:
-    from visionloop.monitoring.performance import load_labeled, slice_report
+def test_slice_report_on_the_prepared_test_split(trained_settings: Settings, champion) -> None:
+    from visionloop.monitoring.labeled import load_labeled
+    from visionloop.monitoring.slice_report import slice_report
 
-    labeled = load_labeled(settings)
+    labeled = load_labeled(trained_settings, channels=int(champion.model.config["in_channels"]))
     assert labeled.source.endswith("(test split)") and labeled.metadata.empty
-    table, plot = slice_report(settings, champion.model, labeled.images, labeled.labels, labeled.metadata,
-                               reference=champion.reference, out_dir=settings.state_dir / "slices-test")
+    table, plot = slice_report(trained_settings, champion.model, labeled.images, labeled.labels, labeled.metadata,
+                               reference=champion.reference, out_dir=trained_settings.state_dir / "slices-test")
     assert plot.exists() and (plot.parent / "slices.csv").exists()
     assert set(table["column"]) == {"overall", "label", "brightness", "contrast", "sharpness"}
     assert table.iloc[0]["n"] == len(labeled.images)
 
 
-def test_performance_command_on_a_labeled_folder(settings: Settings, champion, darkened_manifest: Path,
+def test_performance_command_on_a_labeled_folder(trained_settings: Settings, champion, darkened_manifest: Path,
                                                  monkeypatch) -> None:
     from visionloop.cli.main import app
 
-    monkeypatch.setenv("VISIONLOOP_PROJECT_DIR", str(settings.root))
+    monkeypatch.setenv("VISIONLOOP_PROJECT_DIR", str(trained_settings.root))
     result = CliRunner().invoke(app, ["performance", "--data", str(darkened_manifest), "--json"])
     assert result.exit_code == 0, result.output
     outcome = json.loads(result.stdout)

@@ -14,7 +14,9 @@ from PIL import Image
 
 from visionloop.contracts import PredictionRecord
 from visionloop.monitoring.features import IMAGE_STAT_COLUMNS, fit_reduction, image_statistics, reduce_embeddings
-from visionloop.store.predlog import PendingPredictions, PredictionLog, PredictionLogWriter
+from visionloop.store.predlog import PredictionLog
+from visionloop.store.records import PendingPredictions
+from visionloop.store.writer import PredictionLogWriter
 from visionloop.store.writer_process import ProcessLogWriter
 
 CLASSES = ["0", "1", "2"]
@@ -37,13 +39,6 @@ def record(i: int, version: str = "1", at: datetime | None = None) -> Prediction
 
 
 @pytest.fixture
-def plog(tmp_path: Path) -> PredictionLog:
-    log = PredictionLog(f"sqlite:///{tmp_path / 'predictions.db'}")
-    yield log
-    log.dispose()
-
-
-@pytest.fixture
 def broken_url(tmp_path: Path) -> str:
     """A SQLite URL whose parent 'directory' is a regular file: the database can never be opened."""
     blocker = tmp_path / "not-a-dir"
@@ -54,7 +49,7 @@ def broken_url(tmp_path: Path) -> str:
 def test_read_window_is_latest_n_oldest_first_with_features_flattened(plog: PredictionLog) -> None:
     records = [record(i, version="1" if i < 6 else "2") for i in range(10)]
     assert plog.write(records) == 10
-    assert plog.healthy()
+    assert plog.problem() is None
 
     window = plog.read_window(last_n=4)
     assert list(window["id"]) == [r.id for r in records[6:]]
@@ -101,7 +96,7 @@ def test_feedback_and_labeled(plog: PredictionLog) -> None:
 
 def test_unreachable_database_is_unhealthy(broken_url: str) -> None:
     log = PredictionLog(broken_url)
-    assert log.healthy() is False
+    assert "unable to open database file" in log.problem()
     with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises
         log.write([record(0)])
 
@@ -132,7 +127,7 @@ def writer_class(request):
 
 
 def test_writer_stores_rows_images_and_the_drift_features(plog: PredictionLog, tmp_path: Path, writer_class) -> None:
-    writer = writer_class(plog, tmp_path / "images")
+    writer = writer_class(plog, tmp_path / "images", max_queue=100)
     writer.start()
     try:
         batch = pending(5)
@@ -160,7 +155,7 @@ def test_writer_stores_rows_images_and_the_drift_features(plog: PredictionLog, t
 
 
 def test_writer_counts_failures_when_the_database_is_down(broken_url: str, tmp_path: Path, writer_class) -> None:
-    writer = writer_class(PredictionLog(broken_url), tmp_path / "images")
+    writer = writer_class(PredictionLog(broken_url), tmp_path / "images", max_queue=100)
     writer.start()
     try:
         assert writer.status().state == "unavailable"  # the start-up probe already failed
@@ -176,7 +171,7 @@ def test_writer_counts_failures_when_the_database_is_down(broken_url: str, tmp_p
 
 def test_writer_recovers_when_the_database_comes_back(broken_url: str, tmp_path: Path, writer_class) -> None:
     log = PredictionLog(broken_url)
-    writer = writer_class(log, None)
+    writer = writer_class(log, None, max_queue=100)
     writer.start()
     try:
         writer.submit(pending(2))
@@ -204,7 +199,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(plog: PredictionLog, 
 
 
 def test_a_dead_writer_process_is_reported_and_submitting_still_returns(plog: PredictionLog) -> None:
-    writer = ProcessLogWriter(plog, None)
+    writer = ProcessLogWriter(plog, None, max_queue=100)
     writer.start()
     try:
         assert writer.status().state == "ok"
@@ -222,10 +217,11 @@ EXIT_AFTER_A_DEAD_WRITER = """
 import sys
 from datetime import UTC, datetime
 import numpy as np
-from visionloop.store.predlog import PendingPredictions, PredictionLog
+from visionloop.store.predlog import PredictionLog
+from visionloop.store.records import PendingPredictions
 from visionloop.store.writer_process import ProcessLogWriter
 
-writer = ProcessLogWriter(PredictionLog(sys.argv[1]), None)
+writer = ProcessLogWriter(PredictionLog(sys.argv[1]), None, max_queue=100)
 writer.start()
 writer._process.kill()
 writer._process.join(5)

@@ -1,6 +1,6 @@
 """The registry against a real MLflow store (SQLite) with real tiny models trained by ``visionloop.training.train``.
 
-Two models are trained once for the module: a good one (a few epochs) and a zero-epoch one (random
+Two models are trained once for the module: a good one (a few epochs) and an untrained one (random
 weights, about 10 % accuracy). Each test works on its own registered-model name, so the tests do
 not depend on one another; the project's params.yaml lets any model be the first champion.
 """
@@ -22,19 +22,12 @@ from helpers.project import create_project, run
 from typer.testing import CliRunner
 
 from visionloop.config import Settings
+from visionloop.models.registry import list_versions, registry_lock
 from visionloop.models.tracking import point_mlflow_at
-from visionloop.promotion.registry import (
-    NothingToRollBack,
-    apply_gate,
-    evaluate_gate,
-    history,
-    list_versions,
-    promote,
-    register_run,
-    registry_lock,
-    registry_model_source,
-    rollback,
-)
+from visionloop.promotion.audit import history
+from visionloop.promotion.promote import apply_gate, evaluate_gate, promote, register_run
+from visionloop.promotion.rollback import NothingToRollBack, rollback
+from visionloop.serving.sources import registry_model_source
 
 NORMALIZE = {"Normalize": {"mean": [0.5], "std": [0.5], "max_pixel_value": 255.0}}
 RESIZE = {"Resize": {"height": 16, "width": 16}}
@@ -62,7 +55,8 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
-    from visionloop.data.ingest import import_digits, prepare_from_settings
+    from visionloop.data.digits import import_digits
+    from visionloop.data.prepare import prepare_from_settings
     from visionloop.training.evaluate import run_evaluation
     from visionloop.training.train import train
 
@@ -89,7 +83,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
             return result.run_id, evaluation.metrics(), result.out_dir
 
         good_run, good_metrics, good_dir = fit("good", {})
-        zero_run, zero_metrics, _ = fit("zero", {"train": {"epochs": 0}})
+        # One step at a vanishing learning rate on a sliver of the data: random weights, about 10 % accuracy.
+        zero_run, zero_metrics, _ = fit("zero", {"train": {"epochs": 1, "lr": 1e-12, "limit_train_fraction": 0.05}})
         from visionloop.data.lineage import dvc_hash
 
         assert good_metrics["macro_f1"] > zero_metrics["macro_f1"] + 0.5, (good_metrics, zero_metrics)
@@ -147,7 +142,7 @@ def test_lineage_tags_point_at_the_real_commit_and_data_version(trained):
 def test_state_dict_reloads_into_the_lightning_module_and_predicts_like_the_served_pt2(trained, tmp_path):
     import mlflow
 
-    from visionloop.data.ingest import read_manifest
+    from visionloop.data.manifest import read_manifest
     from visionloop.training.datamodule import load_images
     from visionloop.training.model import ImageClassifier
     from visionloop.training.preprocess import pipeline_from_json, to_tensor_batch
@@ -220,7 +215,7 @@ def test_better_challenger_is_promoted_worse_refused_and_rollback_restores(train
     ]
     # Each decision is a run with both models' metrics side by side and the reason in words.
     client = MlflowClient(settings.tracking_uri)
-    experiment = client.get_experiment_by_name(settings.section("mlflow")["promotion_experiment"])
+    experiment = client.get_experiment_by_name(settings.params.mlflow.promotion_experiment)
     (refusal,) = client.search_runs([experiment.experiment_id], "tags.decision = 'refused' and tags.to_version = '2'")
     assert refusal.data.tags["reason"] == refused.reason
     assert refusal.data.metrics["challenger.macro_f1"] == pytest.approx(refused.metrics["challenger"]["macro_f1"])
@@ -248,7 +243,7 @@ def test_a_challenger_that_cannot_load_or_predict_is_refused(trained, tmp_path):
     settings = named(trained, "t-broken")
     register_run(settings, trained.zero_run, trained.zero_metrics, trigger="test")
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    experiment = client.get_experiment_by_name(settings.section("mlflow")["experiment"]).experiment_id
+    experiment = client.get_experiment_by_name(settings.params.mlflow.experiment).experiment_id
 
     empty = client.create_run(experiment, run_name="no-artifacts").info.run_id
     no_bundle = client.create_model_version(settings.model_name, f"runs:/{empty}/model", run_id=empty).version
@@ -310,7 +305,7 @@ def test_compare_and_set_refuses_a_verdict_on_a_champion_that_moved(trained):
 def test_the_lock_excludes_other_processes(trained):
     settings = named(trained, "t-lock")
     code = (
-        "import sys\nfrom visionloop.config import Settings\nfrom visionloop.promotion.registry import registry_lock\n"
+        "import sys\nfrom visionloop.config import Settings\nfrom visionloop.models.registry import registry_lock\n"
         "s = Settings.load(sys.argv[1], {'registry': {'model_name': 't-lock'}})\n"
         "with registry_lock(s, timeout=0.3):\n    print('got it')\n"
     )
@@ -324,7 +319,7 @@ def test_labeled_production_images_unseen_by_both_models_join_the_gate_set(train
     from PIL import Image
 
     from visionloop.contracts import PredictionRecord
-    from visionloop.data.ingest import read_manifest
+    from visionloop.data.manifest import read_manifest
     from visionloop.store.predlog import PredictionLog
 
     monkeypatch.setenv("VISIONLOOP_DB_URL", f"sqlite:///{tmp_path / 'predictions.db'}")

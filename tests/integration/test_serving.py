@@ -7,11 +7,8 @@ the session fixture, and tests move ``current`` the way promotion moves the cham
 from __future__ import annotations
 
 import base64
-import io
-import json
-import socket
+import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,82 +19,27 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
-import uvicorn
+from helpers.images import png
+from helpers.models import DigitsCNN
+from helpers.project import REPO
+from helpers.server import serve, wait_for
 from PIL import Image
 
 from visionloop.config import Settings
-from visionloop.contracts import BUNDLE_FILES
 from visionloop.models.bundle import ServableModel
-from visionloop.monitoring.features import fit_reduction
 from visionloop.serving.app import create_app
 from visionloop.store.predlog import PredictionLog
-from visionloop.training.model import build_network
-from visionloop.training.preprocess import build_pipeline, pipeline_to_json, to_tensor_batch
 
-ROOT = Path(__file__).resolve().parents[2]
 CLASSES = [str(d) for d in range(10)]
-N_TRAIN = 1500  # digits 1500.. are held out
 LINEAGE = {"git_commit": "abc123", "data_version": "d41d8.dir", "params_hash": "p1", "run_id": "r1"}
 
-# --- a model trained on real digits, saved as bundle folders ---------------------------------------
+# --- versions "1" and "2": copies of the session's digits CNN (``digits``, integration conftest) -----------
 
 
-@pytest.fixture(scope="session")
-def digits() -> tuple[list[np.ndarray], np.ndarray]:
-    """scikit-learn's real 8×8 digits as 32×32 uint8 images, the way ``visionloop.data.ingest`` writes them."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    scaled = np.clip(np.rint(data.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    images = [np.array(Image.fromarray(p).resize((32, 32), Image.Resampling.BICUBIC)) for p in scaled]
-    return images, data.target
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory: pytest.TempPathFactory, digits: tuple) -> dict[str, Path]:
-    """Version "1" and "2" bundle folders of a CNN trained for a few seconds (about 95 % held-out)."""
-    images, targets = digits
-    eval_spec = Settings.load(ROOT).params.augment.eval
-    pipeline = build_pipeline(eval_spec)
-    x = to_tensor_batch(pipeline, images[:N_TRAIN])
-    y = torch.as_tensor(targets[:N_TRAIN])
-    config = {"num_classes": 10, "in_channels": 1, "widths": [8, 16, 32], "embedding_dim": 32, "dropout": 0.0}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on 2 shared cores, 2 threads are many times slower under contention
-    torch.manual_seed(0)
-    network = build_network(config)
-    optimizer = torch.optim.Adam(network.parameters(), lr=5e-3)
-    rng = np.random.default_rng(0)
-    network.train()
-    for _epoch in range(6):
-        order = rng.permutation(N_TRAIN)
-        for start in range(0, N_TRAIN, 32):
-            batch = order[start : start + 32]
-            loss = torch.nn.functional.cross_entropy(network(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    network.eval()
-    with torch.inference_mode():
-        reduction = fit_reduction(network.embedding(x[:400]).numpy(), 4)
-        accuracy = (network(to_tensor_batch(pipeline, images[N_TRAIN:])).argmax(1).numpy() == targets[N_TRAIN:]).mean()
-    torch.set_num_threads(threads)
-    assert accuracy > 0.85, f"the test model trained badly: held-out accuracy {accuracy:.3f}"
-
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory, digits: DigitsCNN) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    folders = {}
-    for version in ("1", "2"):
-        folder = root / f"v{version}"
-        files = {key: folder / rel for key, rel in BUNDLE_FILES.items()}
-        files["state_dict"].parent.mkdir(parents=True)
-        torch.save(network.state_dict(), files["state_dict"])
-        files["config"].write_text(json.dumps(config))
-        files["eval_transform"].write_text(pipeline_to_json(pipeline))
-        files["classes"].write_text(json.dumps(CLASSES))
-        files["embedding_reduction"].write_text(json.dumps(reduction))
-        folders[version] = folder
-    return folders
+    return {version: shutil.copytree(digits.bundle, root / f"v{version}") for version in ("1", "2")}
 
 
 class BundleSource:
@@ -143,7 +85,7 @@ def make_settings(tmp: Path, db_url: str | None = None, **serving: Any) -> Setup
         }
     }
     return Setup(
-        Settings.load(ROOT, overrides=overrides), db_url or f"sqlite:///{tmp / 'predictions.db'}", tmp / "state"
+        Settings.load(REPO, overrides=overrides), db_url or f"sqlite:///{tmp / 'predictions.db'}", tmp / "state"
     )
 
 
@@ -155,37 +97,8 @@ def running(setup: Setup, source: BundleSource, wait_ready: bool = True) -> Iter
         env.setenv("VISIONLOOP_STATE_DIR", str(setup.state_dir))
         env.delenv("VISIONLOOP_TOKEN", raising=False)
         app = create_app(setup.settings, source)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: server.started, "the server to start")
-        if wait_ready:
-            wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200, "a model to be ready")
+    with serve(app, wait_ready) as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def upload(*images: bytes | tuple[str, bytes, str]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -206,10 +119,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, bundles: dict[str, Path]) -
 # --- the tests --------------------------------------------------------------------------------------
 
 
-def test_correct_labels_on_real_digit_images(served: tuple[str, Setup], digits: tuple) -> None:
+def test_correct_labels_on_real_digit_images(served: tuple[str, Setup], digits: DigitsCNN) -> None:
     url, _setup = served
-    images, targets = digits
-    held_out = list(range(N_TRAIN, len(images), 9))[:32]
+    images, targets = digits.images, digits.labels
+    held_out = list(range(0, len(images), 9))[:32]
     answers = []
     with httpx.Client(base_url=url) as client:
         for i in held_out[:8]:  # one image per request
@@ -239,16 +152,16 @@ def test_correct_labels_on_real_digit_images(served: tuple[str, Setup], digits: 
     assert [a["index"] for a in answers[8:16]] == list(range(8))
 
 
-def test_predictions_and_feedback_are_logged(served: tuple[str, Setup], digits: tuple) -> None:
+def test_predictions_and_feedback_are_logged(served: tuple[str, Setup], digits: DigitsCNN) -> None:
     url, setup = served
-    images, targets = digits
+    images, targets = digits.images, digits.labels
     with httpx.Client(base_url=url) as client:
-        answers = client.post("/predict", files=upload(*(png(images[i]) for i in range(1600, 1604)))).json()
+        answers = client.post("/predict", files=upload(*(png(images[i]) for i in range(100, 104)))).json()
         ids = [a["prediction_id"] for a in answers["predictions"]]
         # feedback right away: the row may still be in the writer's queue
-        first = client.post("/feedback", json={"prediction_id": ids[0], "label": str(targets[1600])})
+        first = client.post("/feedback", json={"prediction_id": ids[0], "label": str(targets[100])})
         assert first.status_code == 200, first.text
-        assert first.json() == {"prediction_id": ids[0], "label": str(targets[1600]), "stored": True}
+        assert first.json() == {"prediction_id": ids[0], "label": str(targets[100]), "stored": True}
         unknown = client.post("/feedback", json={"prediction_id": str(uuid.uuid4()), "label": "3"})
         assert unknown.status_code == 404 and "no prediction" in unknown.json()["detail"]
         bad_label = client.post("/feedback", json={"prediction_id": ids[1], "label": "eleven"})
@@ -260,7 +173,7 @@ def test_predictions_and_feedback_are_logged(served: tuple[str, Setup], digits: 
     log = PredictionLog(setup.db_url)
     try:
         stored = log.get(ids[0])
-        assert stored.feedback_label == str(targets[1600]) and stored.model_version == "1"
+        assert stored.feedback_label == str(targets[100]) and stored.model_version == "1"
         assert log.get(ids[1]).feedback_label is None
         window = log.read_window(last_n=4)
         assert sorted(window["id"]) == sorted(ids)
@@ -269,7 +182,7 @@ def test_predictions_and_feedback_are_logged(served: tuple[str, Setup], digits: 
         assert (window["source"] == "rest").all()
         for _, row in window.iterrows():  # the input, kept for labeling and retraining
             path = Path(row["image_path"])
-            image_dir = Path(setup.settings.section("serving")["image_dir"])
+            image_dir = Path(setup.settings.params.serving.image_dir)
             assert path.name == f"{row['id']}.png" and path.is_relative_to(image_dir)
             assert np.array(Image.open(path)).shape == (32, 32)
         assert list(log.labeled()["id"]) == [ids[0]]
@@ -281,11 +194,11 @@ MULTIPART_X = "multipart/form-data; boundary=x"
 
 
 def test_bad_inputs_get_a_4xx_json_reason_and_the_server_keeps_serving(
-    served: tuple[str, Setup], digits: tuple
+    served: tuple[str, Setup], digits: DigitsCNN
 ) -> None:
     url, _setup = served
-    images, _targets = digits
-    good = png(images[1700])
+    images = digits.images
+    good = png(images[200])
     noise = np.random.default_rng(0).integers(0, 256, 400_000, dtype=np.uint8).tobytes()
     cases: list[tuple[str, dict[str, Any], int, str | None]] = [
         ("not an image", {"files": upload(("notes.txt", b"hello, world", "text/plain"))}, 422, "not_an_image"),
@@ -316,7 +229,7 @@ def test_bad_inputs_get_a_4xx_json_reason_and_the_server_keeps_serving(
             after = client.post("/predict", files=upload(good))
             assert after.status_code == 200, f"after {name}: {after.text}"
 
-        mixed = client.post("/predict", files=upload(good, good[: len(good) // 2], png(images[1701])))
+        mixed = client.post("/predict", files=upload(good, good[: len(good) // 2], png(images[201])))
         assert mixed.status_code == 200
         entries = mixed.json()["predictions"]
         assert [e["error_code"] for e in entries] == [None, "corrupt", None]
@@ -352,11 +265,11 @@ def test_model_ready_health_and_docs(served: tuple[str, Setup]) -> None:
 
 
 def test_moving_the_alias_under_concurrent_load_fails_no_request(
-    tmp_path: Path, bundles: dict[str, Path], digits: tuple
+    tmp_path: Path, bundles: dict[str, Path], digits: DigitsCNN
 ) -> None:
     """8 client threads stream requests; the alias moves after 40; they go on until version 2 answered 40."""
-    images, _targets = digits
-    bodies = [png(images[i]) for i in range(N_TRAIN, N_TRAIN + 8)]
+    images = digits.images
+    bodies = [png(images[i]) for i in range(8)]
     source = BundleSource(dict(bundles), current="1")
     threads = 8
     seen: dict[int, list[str]] = {t: [] for t in range(threads)}
@@ -407,9 +320,9 @@ def test_moving_the_alias_under_concurrent_load_fails_no_request(
 
 
 def test_a_failing_new_version_keeps_the_old_one_serving(
-    tmp_path: Path, bundles: dict[str, Path], digits: tuple
+    tmp_path: Path, bundles: dict[str, Path], digits: DigitsCNN
 ) -> None:
-    images, targets = digits
+    images, targets = digits.images, digits.labels
 
     def wrong_classes() -> ServableModel:
         model = BundleSource(bundles, None).load("1")
@@ -420,7 +333,7 @@ def test_a_failing_new_version_keeps_the_old_one_serving(
         raise OSError("artifact store unreachable")
 
     source = BundleSource({**bundles, "3": wrong_classes, "4": unloadable}, current="1")
-    body = upload(png(images[1750]))
+    body = upload(png(images[250]))
     with running(make_settings(tmp_path), source) as url, httpx.Client(base_url=url) as client:
         for bad, message in (("3", "ModelCheckFailed"), ("4", "artifact store unreachable")):
             source.current = bad
@@ -433,7 +346,7 @@ def test_a_failing_new_version_keeps_the_old_one_serving(
             answer = client.post("/predict", files=body)
             assert answer.status_code == 200
             assert answer.json()["predictions"][0]["model_version"] == "1"
-            assert answer.json()["predictions"][0]["label"] == str(targets[1750])
+            assert answer.json()["predictions"][0]["label"] == str(targets[250])
             assert client.get("/model").json()["version"] == "1"
         source.current = "2"  # a good version afterwards is taken, and the error cleared
         wait_for(lambda: client.get("/health").json()["model_version"] == "2", "version 2")
@@ -441,15 +354,15 @@ def test_a_failing_new_version_keeps_the_old_one_serving(
 
 
 def test_an_unavailable_prediction_log_does_not_stop_answers(
-    tmp_path: Path, bundles: dict[str, Path], digits: tuple
+    tmp_path: Path, bundles: dict[str, Path], digits: DigitsCNN
 ) -> None:
-    images, _targets = digits
+    images = digits.images
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("the database folder is a file: sqlite cannot open it")
     setup = make_settings(tmp_path, db_url=f"sqlite:///{blocker / 'predictions.db'}")
     with running(setup, BundleSource(bundles, current="1")) as url, httpx.Client(base_url=url) as client:
         for _ in range(3):
-            response = client.post("/predict", files=upload(png(images[1760]), png(images[1761])))
+            response = client.post("/predict", files=upload(png(images[260]), png(images[261])))
             assert response.status_code == 200
             assert all(p["label"] for p in response.json()["predictions"])
         wait_for(lambda: client.get("/health").json()["log"]["failed"] >= 6, "the failed writes to be counted")
@@ -458,14 +371,14 @@ def test_an_unavailable_prediction_log_does_not_stop_answers(
         assert health.json()["prediction_log"] == "unavailable" and health.json()["log"]["last_error"]
         feedback = client.post("/feedback", json={"prediction_id": str(uuid.uuid4()), "label": "1"})
         assert feedback.status_code == 503 and "unavailable" in feedback.json()["detail"]
-        assert client.post("/predict", files=upload(png(images[1762]))).status_code == 200
+        assert client.post("/predict", files=upload(png(images[262]))).status_code == 200
 
 
-def test_bearer_token_guards_predict_and_feedback(tmp_path: Path, bundles: dict[str, Path], digits: tuple) -> None:
-    images, _targets = digits
+def test_bearer_token_guards_predict_and_feedback(tmp_path: Path, bundles: dict[str, Path], digits: DigitsCNN) -> None:
+    images = digits.images
     setup = make_settings(tmp_path, token="s3cret")
     with running(setup, BundleSource(bundles, current="1")) as url, httpx.Client(base_url=url) as client:
-        body = upload(png(images[1770]))
+        body = upload(png(images[270]))
         missing = client.post("/predict", files=body)
         assert missing.status_code == 401 and missing.json()["detail"]
         assert missing.headers["www-authenticate"] == "Bearer"
@@ -487,15 +400,15 @@ def test_bearer_token_guards_predict_and_feedback(tmp_path: Path, bundles: dict[
         assert predict_doc["security"] == [{"HTTPBearer": []}]  # /docs says the token is required
 
 
-def test_not_ready_until_a_model_is_loaded(tmp_path: Path, bundles: dict[str, Path], digits: tuple) -> None:
-    images, _targets = digits
+def test_not_ready_until_a_model_is_loaded(tmp_path: Path, bundles: dict[str, Path], digits: DigitsCNN) -> None:
+    images = digits.images
     source = BundleSource(bundles, current=None)  # no champion yet
     with running(make_settings(tmp_path), source, wait_ready=False) as url, httpx.Client(base_url=url) as client:
         assert client.get("/health").json()["model_loaded"] is False
         assert client.get("/ready").status_code == 503
-        refused = client.post("/predict", files=upload(png(images[1780])))
+        refused = client.post("/predict", files=upload(png(images[280])))
         assert refused.status_code == 503 and "no model" in refused.json()["detail"]
         assert client.get("/model").status_code == 503
         source.current = "1"
         wait_for(lambda: client.get("/ready").status_code == 200, "readiness")
-        assert client.post("/predict", files=upload(png(images[1780]))).status_code == 200
+        assert client.post("/predict", files=upload(png(images[280]))).status_code == 200

@@ -16,17 +16,17 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from visionloop.data.ingest import (
+from visionloop.data.digits import import_digits
+from visionloop.data.images import (
     InvalidImage,
     canonicalize_image_bytes,
-    import_digits,
-    ingest,
     load_image,
     pixel_sha256,
-    prepare,
-    read_manifest,
     validate_image_bytes,
 )
+from visionloop.data.ingest import ingest
+from visionloop.data.manifest import read_manifest
+from visionloop.data.prepare import prepare
 
 LIMITS = {"channels": 1, "min_side": 8, "max_pixels": 25_000_000}
 SPLIT = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 7}
@@ -345,7 +345,7 @@ def test_import_digits_is_byte_for_byte_deterministic(tmp_path: Path) -> None:
 def test_import_refuses_to_clear_a_project_folder(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     with pytest.raises(ValueError, match="refusing"):
-        import_digits(tmp_path)
+        import_digits(tmp_path, image_size=16)
     assert (tmp_path / "params.yaml").exists()
 
 

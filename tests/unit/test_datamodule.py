@@ -9,7 +9,7 @@ from visionloop.config import Settings
 from visionloop.healing.retrain import retrain_settings
 from visionloop.training.datamodule import ImageDataModule
 
-EVAL = Settings.load().section("augment")["eval"]
+EVAL = Settings.load().params.augment.eval
 
 
 def _manifest(with_origin: bool) -> pd.DataFrame:
@@ -46,6 +46,6 @@ def test_no_weights_or_no_origin_column_means_plain_shuffling() -> None:
 def test_retrain_settings_carry_the_origin_weights_into_training() -> None:
     settings = Settings.load()
     retrain = retrain_settings(settings)
-    assert retrain.section("train")["origin_weights"] == settings.section("retrain")["origin_weights"]
-    assert retrain.section("train")["epochs"] == settings.section("retrain")["epochs"]
-    assert settings.section("train")["origin_weights"] == {}  # a first training has no production images
+    assert retrain.params.train.origin_weights == settings.params.retrain.origin_weights
+    assert retrain.params.train.epochs == settings.params.retrain.epochs
+    assert settings.params.train.origin_weights == {}  # a first training has no production images

@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers.models import tiny_model
 
-from visionloop.models.bundle import Predictions, ServableModel
+from visionloop.models.bundle import Predictions
 from visionloop.monitoring.features import (
     IMAGE_STAT_COLUMNS,
     build_reference_profile,
@@ -168,21 +169,8 @@ def test_feature_frame_columns_and_values() -> None:
         feature_frame(images[:4], Predictions(probabilities, embeddings), CLASSES, None)
 
 
-def tiny_model() -> ServableModel:
-    """A real (untrained) network with the project's eval pipeline: enough to test the plumbing."""
-    import torch
-
-    from visionloop.training.model import build_network
-    from visionloop.training.preprocess import build_pipeline, pipeline_to_json
-
-    torch.manual_seed(0)
-    config = {"num_classes": 3, "in_channels": 1, "widths": [4, 8], "embedding_dim": 16, "dropout": 0.0}
-    spec = [{"Resize": {"height": 32, "width": 32}}, {"Normalize": {"mean": [0.5], "std": [0.5]}}]
-    return ServableModel(build_network(config), pipeline_to_json(build_pipeline(spec)), CLASSES, config)
-
-
 def test_reference_profile_matches_serving_features() -> None:
-    model = tiny_model()
+    model = tiny_model(CLASSES)
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(40)]
     profile, reduction = build_reference_profile(model, images, n_components=4)

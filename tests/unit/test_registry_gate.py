@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from visionloop.config import Settings
-from visionloop.promotion.registry import judge
+from visionloop.promotion.gate import GateSet, judge
 from visionloop.training.evaluate import Evaluation
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,11 +42,7 @@ def verdict(champion_wrong: np.ndarray, challenger_wrong: np.ndarray):
         "2",
         evaluation(champion_wrong),
         evaluation(challenger_wrong),
-        IMAGES,
-        LABELS,
-        metadata,
-        None,
-        {"n_test_set": N, "n_production": 0},
+        GateSet(IMAGES, LABELS, metadata, {"n_test_set": N, "n_production": 0}),
     )
 
 
@@ -54,14 +50,9 @@ CHAMPION_WRONG = BLOCK % 5 == 0  # 80 % right on every class and every slice
 
 
 def test_settings_are_the_documented_defaults():
-    gate = Settings.load(REPO).section("registry")["gate"]
-    assert (gate["metric"], gate["margin"], gate["class_tolerance"], gate["slice_tolerance"]) == (
-        "macro_f1",
-        0.0,
-        0.03,
-        0.05,
-    )
-    assert gate["slices"]["min_size"] == 30
+    gate = Settings.load(REPO).params.registry.gate
+    assert (gate.metric, gate.margin, gate.class_tolerance, gate.slice_tolerance) == ("macro_f1", 0.0, 0.03, 0.05)
+    assert gate.slices.min_size == 30
 
 
 def test_a_better_challenger_passes_and_a_regression_on_a_tiny_slice_is_not_judged():
@@ -115,10 +106,6 @@ def test_the_margin_is_required():
         "2",
         evaluation(CHAMPION_WRONG),
         evaluation(challenger_wrong),
-        IMAGES,
-        LABELS,
-        pd.DataFrame({"origin": ["test_set"] * N}),
-        None,
-        {"n_test_set": N, "n_production": 0},
+        GateSet(IMAGES, LABELS, pd.DataFrame({"origin": ["test_set"] * N}), {"n_test_set": N, "n_production": 0}),
     )
     assert not gate.passed and "does not beat" in gate.reason and "≥ +0.2000" in gate.reason

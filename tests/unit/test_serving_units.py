@@ -10,31 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.models import tiny_model
 
 from visionloop.config import Settings
 from visionloop.models.bundle import Predictions, ServableModel
 from visionloop.serving.batcher import MicroBatcher, NoModelLoaded
 from visionloop.serving.reload import ModelCheckFailed, ModelManager, sample_images, warm_up_and_check
 from visionloop.serving.sources import LocalBundleSource, PinnedVersionSource, source_from_uri
-from visionloop.store.predlog import PendingPredictions
-from visionloop.training.model import build_network
-from visionloop.training.preprocess import build_pipeline, pipeline_to_json
+from visionloop.store.records import PendingPredictions
 
 CLASSES = [str(d) for d in range(10)]
-
-
-def fresh_model(version: str, classes: list[str] = CLASSES, seed: int = 0) -> ServableModel:
-    eval_spec = Settings.load().params.augment.eval
-    torch.manual_seed(seed)
-    config = {"num_classes": 10, "in_channels": 1, "widths": [8, 16], "embedding_dim": 16, "dropout": 0.0}
-    return ServableModel(
-        network=build_network(config),
-        eval_transform_json=pipeline_to_json(build_pipeline(eval_spec)),
-        classes=classes,
-        config=config,
-        name="digits",
-        version=version,
-    )
 
 
 class CountingModel:
@@ -58,7 +43,7 @@ def images(n: int) -> list[np.ndarray]:
 
 
 def test_concurrent_requests_share_forward_passes_and_get_their_own_answers() -> None:
-    model = fresh_model("1")
+    model = tiny_model(CLASSES, "1")
     counting = CountingModel(model)
     inputs = images(16)
     logged: list[PendingPredictions] = []
@@ -108,7 +93,7 @@ def test_a_failing_prediction_log_costs_no_answer() -> None:
         raise ValueError("queue closed")
 
     async def main() -> list:
-        batcher = MicroBatcher(lambda: fresh_model("1"), max_batch=4, log=broken_log)
+        batcher = MicroBatcher(lambda: tiny_model(CLASSES, "1"), max_batch=4, max_wait_ms=4, log=broken_log)
         batcher.start()
         try:
             # the worker thread survives each failure (a dead one would leave the request waiting forever)
@@ -122,7 +107,7 @@ def test_a_failing_prediction_log_costs_no_answer() -> None:
 
 
 def test_a_lone_request_does_not_wait_and_batches_never_exceed_max_batch() -> None:
-    counting = CountingModel(fresh_model("1"))
+    counting = CountingModel(tiny_model(CLASSES, "1"))
 
     async def main() -> tuple[float, list]:
         batcher = MicroBatcher(lambda: counting, max_batch=4, max_wait_ms=2000)
@@ -144,7 +129,7 @@ def test_a_lone_request_does_not_wait_and_batches_never_exceed_max_batch() -> No
 
 def test_no_model_loaded_is_an_error_for_the_request() -> None:
     async def main() -> None:
-        batcher = MicroBatcher(lambda: None)
+        batcher = MicroBatcher(lambda: None, max_batch=4, max_wait_ms=4)
         batcher.start()
         try:
             await batcher.predict(images(1))
@@ -180,14 +165,14 @@ def test_manager_swaps_good_versions_and_keeps_serving_through_bad_ones() -> Non
 
     source = FakeSource(
         {
-            "1": lambda: fresh_model("1"),
-            "2": lambda: fresh_model("2", classes=["a", "b", "c"]),  # 10 outputs for 3 classes
+            "1": lambda: tiny_model(CLASSES, "1"),
+            "2": lambda: tiny_model(["a", "b", "c"], "2", outputs=10),  # 10 outputs for 3 classes
             "3": raises,
-            "4": lambda: fresh_model("4", seed=1),
+            "4": lambda: tiny_model(CLASSES, "4", seed=1),
         },
         current=None,
     )
-    manager = ModelManager(source, poll_seconds=0.01)
+    manager = ModelManager(source, poll_seconds=0.01, max_batch=4)
 
     async def main() -> None:
         assert await manager.poll_once() is False and manager.current() is None  # nothing to serve yet
@@ -229,7 +214,7 @@ class BatchCentering(torch.nn.Module):
 
 
 def test_check_refuses_a_network_whose_answer_depends_on_the_batch() -> None:
-    model = fresh_model("1")
+    model = tiny_model(CLASSES, "1")
     warm_up_and_check(model, max_batch=8)
     model.network.blocks[0].insert(0, BatchCentering())
     with pytest.raises(ModelCheckFailed, match="alone and the same image in a batch"):
@@ -237,10 +222,10 @@ def test_check_refuses_a_network_whose_answer_depends_on_the_batch() -> None:
 
 
 def test_check_refuses_a_reduction_that_does_not_fit() -> None:
-    model = fresh_model("1")
+    model = tiny_model(CLASSES, "1")
     model.reduction = {"n_components": 1, "mean": [0.0] * 5, "components": [[1.0] * 5]}  # embeddings are 16-d
     with pytest.raises(ModelCheckFailed, match="reduction"):
-        warm_up_and_check(model)
+        warm_up_and_check(model, max_batch=8)
 
 
 def test_sample_images_are_canonical() -> None:
@@ -253,7 +238,7 @@ def test_model_uri_forms(tmp_path: Path) -> None:
     settings = Settings.load()
     local = source_from_uri(settings, str(tmp_path))
     assert isinstance(local, LocalBundleSource) and local.current_version() == "local"
-    pinned = PinnedVersionSource(FakeSource({"7": lambda: fresh_model("7")}, current="9"), "7")
+    pinned = PinnedVersionSource(FakeSource({"7": lambda: tiny_model(CLASSES, "7")}, current="9"), "7")
     assert pinned.current_version() == "7" and pinned.load("7").version == "7"
     with pytest.raises(ValueError, match="--model-uri"):
         source_from_uri(settings, "s3://bucket/nowhere")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from visionloop.config import Settings
+
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
@@ -45,31 +47,28 @@ def register(app: typer.Typer) -> None:
         Files that cannot be read get a row with status "error" and the reason. Already predicted
         images are skipped, so rerunning after a crash finishes the job without duplicates.
         """
-        from visionloop.batch.job import OutputConflict, expand_output, load_model, predict_batch
-        from visionloop.config import Settings
+        from visionloop.batch.model import load_model
+        from visionloop.batch.output import OutputConflict, expand_output
+        from visionloop.batch.predict import BatchOptions, predict_batch
         from visionloop.store.predlog import PredictionLog
 
         shard_spec = _parse_shard(shard)
+        given = {"batch_size": batch_size, "num_workers": num_workers, "part_size": part_size,
+                 "log_predictions": log_predictions}
         settings = Settings.load()
-        options = settings.section("batch")
-        data = settings.section("data")
-        uri = model_uri or f"models:/{settings.model_name}@champion"
-        model = load_model(uri, settings.tracking_uri, bundle=bundle)
+        settings = settings.with_overrides({"batch": {k: v for k, v in given.items() if v is not None}})
+        model = load_model(settings, model_uri, bundle=bundle)
         target = expand_output(output, model.name, model.version)
-        use_log = options.get("log_predictions", False) if log_predictions is None else log_predictions
+        use_log = settings.params.batch.log_predictions
         try:
             summary = predict_batch(
                 model,
                 input_path,
                 target,
-                batch_size=batch_size or int(options.get("batch_size", 256)),
-                num_workers=int(options.get("num_workers", 0)) if num_workers is None else num_workers,
+                BatchOptions.from_params(settings.params),
                 log=PredictionLog(settings.db_url) if use_log else None,
                 progress=progress,
                 shard=shard_spec,
-                part_size=part_size or int(options.get("part_size", 2048)),
-                min_side=int(data.get("min_side", 8)),
-                max_pixels=int(data.get("max_pixels", 25_000_000)),
             )
         except (OutputConflict, FileNotFoundError, ValueError) as exc:  # a readable reason, not a traceback
             typer.echo(f"error: {exc}", err=True)

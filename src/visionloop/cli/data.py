@@ -9,8 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from visionloop.config import Settings
+
 if TYPE_CHECKING:
     from visionloop.data.ingest import IngestResult
+    from visionloop.data.prepare import PreparedData
 
 console = Console()
 
@@ -26,14 +29,11 @@ def import_command() -> None:
 
     Upscaled to data.image_size, byte-for-byte deterministic; stale files there are removed.
     """
-    from visionloop.config import Settings
-    from visionloop.data.ingest import import_digits
+    from visionloop.training.pipeline import import_step
 
     settings = Settings.load()
-    data = settings.section("data")
-    raw_dir = settings.path(data["raw_dir"])
-    count = import_digits(raw_dir, int(data.get("image_size", 32)))
-    console.print(f"[green]wrote {count} digit images[/green] to {raw_dir}")
+    count = import_step(settings)
+    console.print(f"[green]wrote {count} digit images[/green] to {settings.path(settings.params.data.raw_dir)}")
 
 
 @data_app.command("prepare")
@@ -44,22 +44,30 @@ def prepare_command() -> None:
     manifest (path,label[,meta...]). Output goes to data.prepared_dir: images/, manifest.csv,
     quarantine.csv + quarantine/, data_report.json and data_report.png.
     """
-    from visionloop.config import Settings
-    from visionloop.data.ingest import prepare_from_settings, source_from_settings
+    from visionloop.data.prepare import source_from_settings
+    from visionloop.training.pipeline import prepare_step
 
     settings = Settings.load()
-    source = source_from_settings(settings)
-    prepared = prepare_from_settings(settings)
+    prepared = prepare_step(settings)
+    _print_prepared(source_from_settings(settings), prepared)
+    if prepared.n_images == 0:
+        console.print("[red]no usable images: nothing to train on[/red]")
+        raise typer.Exit(1)
+
+
+def _print_prepared(source: Path, prepared: PreparedData) -> None:
+    from visionloop.data.manifest import SPLITS
+
     report = prepared.report
     table = Table(title=f"prepared {source} → {prepared.out_dir}")
     table.add_column("class")
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         table.add_column(split, justify="right")
     per_split = report["counts_per_class_per_split"]
     for label in prepared.classes:
-        table.add_row(label, *(str(per_split[s][label]) for s in ("train", "val", "test")))
+        table.add_row(label, *(str(per_split[s][label]) for s in SPLITS))
     table.add_row(
-        "[bold]total[/bold]", *(str(report["counts_per_split"][s]) for s in ("train", "val", "test"))
+        "[bold]total[/bold]", *(str(report["counts_per_split"][s]) for s in SPLITS)
     )
     console.print(table)
     console.print(
@@ -73,9 +81,6 @@ def prepare_command() -> None:
         console.print(
             f"[yellow]{report['duplicates']['label_conflicts']} duplicates with conflicting labels[/yellow]"
         )
-    if prepared.n_images == 0:
-        console.print("[red]no usable images: nothing to train on[/red]")
-        raise typer.Exit(1)
 
 
 @data_app.command("validate")
@@ -88,15 +93,11 @@ def validate_command(
     ] = False,
 ) -> None:
     """Report what `data prepare` would quarantine under PATH, and why; writes nothing."""
-    from visionloop.config import Settings
-    from visionloop.data.ingest import InvalidImage, canonicalize_image_bytes, ingest
+    from visionloop.data.images import InvalidImage, canonicalize_image_bytes
+    from visionloop.data.ingest import ingest
 
-    data = Settings.load().section("data")
-    limits = {
-        "channels": int(data["channels"]),
-        "min_side": int(data["min_side"]),
-        "max_pixels": int(data["max_pixels"]),
-    }
+    data = Settings.load().params.data
+    limits = {"channels": data.channels, "min_side": data.min_side, "max_pixels": data.max_pixels}
     if path.is_file() and path.suffix.lower() != ".csv":
         try:
             image = canonicalize_image_bytes(path.read_bytes(), **limits)

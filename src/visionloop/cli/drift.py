@@ -12,32 +12,20 @@ if TYPE_CHECKING:
     from visionloop.models.bundle import ServableModel
 
 
-def load_model(spec: str, settings: Settings) -> ServableModel:
-    """A model from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a bundle folder."""
-    from visionloop.models.bundle import ServableModel, load_registered
-
-    if spec.startswith("models:/"):
-        return load_registered(spec, settings.tracking_uri)
-    path = Path(spec)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--model {spec!r} is neither a models:/ URI nor a bundle folder")
-    return ServableModel.from_dir(path, name=path.resolve().name, version="local")
-
-
 def champion_model(settings: Settings) -> ServableModel | None:
     """The registry's champion, or None (with a note on stderr) when there is no registry or no champion."""
     from mlflow.exceptions import MlflowException
 
-    from visionloop.contracts import CHAMPION
-    from visionloop.models.bundle import load_registered
+    from visionloop.models.cache import load_registered
+    from visionloop.models.registry import RegistryError, alias_uri
 
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         typer.echo("note: no model registry yet; image statistics only (use --model for more)", err=True)
         return None
     try:
-        model = load_registered(f"models:/{settings.model_name}@{CHAMPION}", uri)
-    except MlflowException as error:
+        model = load_registered(settings, alias_uri(settings.model_name))
+    except (RegistryError, MlflowException) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         typer.echo(f"note: no champion of {settings.model_name} ({first_line}); image statistics only", err=True)
         return None
@@ -69,16 +57,28 @@ def register(app: typer.Typer) -> None:
         Exit code 0 whether or not drift is found; non-zero only on error.
         """
         from visionloop.config import Settings
-        from visionloop.monitoring.drift import check_folders, save_report_html, verdict_json
+        from visionloop.models.cache import load_model
+        from visionloop.monitoring.drift import DriftThresholds, verdict_json
+        from visionloop.monitoring.evidently_report import save_report_html
+        from visionloop.monitoring.folders import ImageLimits, check_folders
 
         settings = Settings.load()
+        params = settings.params
         try:
             servable = None
             if model:
-                servable = load_model(model, settings)
+                servable = load_model(settings, model)
             elif not stats_only:
                 servable = champion_model(settings)
-            result = check_folders(reference, current, settings, model=servable)
+            channels = servable.channels if servable else params.data.channels
+            result = check_folders(
+                reference,
+                current,
+                limits=ImageLimits(channels, params.data.min_side, params.data.max_pixels),
+                thresholds=DriftThresholds.of(params.monitoring),
+                n_components=params.monitoring.embedding_components,
+                model=servable,
+            )
         except (FileNotFoundError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

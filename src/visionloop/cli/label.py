@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from visionloop.config import Settings
+
 
 def register(app: typer.Typer) -> None:
     label_app = typer.Typer(
@@ -35,8 +37,7 @@ def register(app: typer.Typer) -> None:
 
         Each rule is capped per hour of traffic. Safe to run as often as you like: nothing is queued twice.
         """
-        from visionloop.config import Settings
-        from visionloop.labeling.queue import enqueue_with_registry
+        from visionloop.labeling.scan import enqueue_with_registry
 
         settings = Settings.load()
         features = None if drifted_features is None else [f.strip() for f in drifted_features.split(",") if f.strip()]
@@ -64,8 +65,8 @@ def register(app: typer.Typer) -> None:
     @label_app.command("progress")
     def progress_command() -> None:
         """Print the labeling progress as JSON (the same as GET /metrics/labeling)."""
-        from visionloop.config import Settings
-        from visionloop.labeling.queue import LabelingRules, LabelQueue
+        from visionloop.labeling.queue import LabelQueue
+        from visionloop.labeling.rules import LabelingRules
         from visionloop.store.predlog import PredictionLog
 
         settings = Settings.load()
@@ -88,19 +89,15 @@ def register(app: typer.Typer) -> None:
         Out-of-fold predictions of a logistic regression on the model's embeddings; a person confirms or
         corrects them on /label/review, and corrections become a new DVC data version.
         """
-        from visionloop.config import Settings
-        from visionloop.contracts import CHAMPION
-        from visionloop.labeling.review import save_suspects, suspects_for_prepared
-        from visionloop.models.bundle import ServableModel, load_registered
+        from visionloop.labeling.suspects import save_suspects, suspects_for_prepared
+        from visionloop.models.cache import load_model
+        from visionloop.models.registry import alias_uri
 
         settings = Settings.load()
-        spec = model or f"models:/{settings.model_name}@{CHAMPION}"
-        if spec.startswith("models:/"):
-            servable = load_registered(spec, settings.tracking_uri)
-        elif Path(spec).is_dir():
-            servable = ServableModel.from_dir(Path(spec), name=Path(spec).resolve().name, version="local")
-        else:
-            raise typer.BadParameter(f"{spec!r} is neither a models:/ URI nor a bundle folder", param_hint="--model")
+        try:
+            servable = load_model(settings, model or alias_uri(settings.model_name))
+        except FileNotFoundError as error:
+            raise typer.BadParameter(str(error), param_hint="--model") from None
         try:
             frame = suspects_for_prepared(settings, servable, splits=split or None)
         except FileNotFoundError as error:

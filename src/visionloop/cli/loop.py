@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the whole lifecycle on the embedded digits: train v1, serve, drift, alert, retrain v2, promote,
         hot-swap — then print what happened and stop what it started."""
-        from flows.demo import run_demo
+        from visionloop.cli.orchestration import run_demo
 
         run_demo(keep=keep, echo=typer.echo)
 
@@ -34,9 +34,9 @@ def register(app: typer.Typer) -> None:
     def retrain_command() -> None:
         """Retrain now, as the drift alert would: new data version with the feedback labels, fine-tune the
         champion (retrain.strategy), register, gate. Runs the `retrain` Prefect flow in this process."""
-        from flows.retrain import retrain
+        from visionloop.cli.orchestration import run_retrain
 
-        result = retrain(trigger="cli")
+        result = run_retrain(trigger="cli")
         typer.echo(result)
 
     @app.command("alert")
@@ -46,15 +46,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Raise a drift alert by hand, exactly as `monitor` does: recorded, and the retrain event emitted unless
         the cooldown or a running retrain suppresses it. Needs a Prefect server (PREFECT_API_URL or `up`)."""
-        from prefect.events.worker import EventsWorker
-
-        from tasks.alerts import raise_drift_alert
+        from visionloop.cli.orchestration import raise_alert
         from visionloop.config import Settings
 
         settings = Settings.load()
         payload = {"drift": True, "severity": severity, "reason": reason, "model_name": settings.model_name}
-        decision = raise_drift_alert.fn(settings, payload)
-        EventsWorker.drain_all()
+        decision = raise_alert(settings, payload)
         typer.echo(f"alert {decision.alert_id}: {decision.action} ({decision.reason})")
 
     @app.command("alerts")

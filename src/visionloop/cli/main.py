@@ -10,6 +10,9 @@ import importlib
 
 import typer
 
+from visionloop.config import Settings, find_project_root
+from visionloop.params import ParamsError
+
 app = typer.Typer(
     name="visionloop",
     help="Data → train → register → serve → monitor → heal, for an image classifier.",
@@ -28,7 +31,24 @@ COMMAND_MODULES = [
     "batch",
     "registry",
     "label",
+    "db",
 ]
+
+
+
+@app.callback()
+def validate_project_params() -> None:
+    """Check params.yaml before any command runs: a misspelled key or a wrong type stops here, named."""
+    try:
+        root = find_project_root()
+    except FileNotFoundError:
+        return  # not inside a project: commands that need one say so themselves
+    try:
+        Settings.load(root)
+    except ParamsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+
 
 for _module in COMMAND_MODULES:
     importlib.import_module(f"visionloop.cli.{_module}").register(app)

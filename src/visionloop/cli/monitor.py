@@ -10,22 +10,9 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from visionloop.config import Settings
-    from visionloop.monitoring.monitor import MonitoredModel
     from visionloop.monitoring.performance import PerformanceResult
 
 MODEL_HELP = "models:/NAME/VERSION, models:/NAME@ALIAS or a bundle folder; default: the registry's champion."
-
-
-def _load(settings: Settings, model: str | None) -> MonitoredModel:
-    from visionloop.monitoring.monitor import load_monitored, monitored_from_dir
-
-    if model is None or model.startswith("models:/"):
-        return load_monitored(settings, model)
-    path = Path(model)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--model {model!r} is neither a models:/ URI nor a bundle folder")
-    return monitored_from_dir(path, name=path.resolve().name, version="local")
 
 
 def _fail(error: Exception) -> None:
@@ -67,20 +54,21 @@ def register(app: typer.Typer) -> None:
         nothing is emitted: the alert payload is printed. Exit code 0 with or without drift.
         """
         from visionloop.config import Settings
-        from visionloop.monitoring.monitor import NoModelToMonitor, run_monitor
+        from visionloop.monitoring.monitor import run_monitor
+        from visionloop.monitoring.monitored import NoModelToMonitor
 
         settings = Settings.load()
         if alert:
             if model is not None or since is not None or not performance:
                 _fail(ValueError("--alert runs the monitor flow on the champion: drop --model, --since, "
                                  "--no-performance"))
-            from flows.monitor import monitor
+            from visionloop.cli.orchestration import run_monitor_flow
 
-            outcome = monitor(project_dir=str(settings.root), window=window)
+            outcome = run_monitor_flow(settings, window)
             typer.echo(json.dumps(outcome, indent=2, default=str) if as_json else outcome.get("message", ""))
             return
         try:
-            result = run_monitor(settings, window=window, since=since, model_uri=model, performance=performance)
+            result = run_monitor(settings, model, window=window, since=since, performance=performance)
         except (NoModelToMonitor, FileNotFoundError, ValueError) as error:
             _fail(error)
         if as_json:
@@ -113,12 +101,12 @@ def register(app: typer.Typer) -> None:
         by chance); logs the metrics and plots to MLflow's monitoring experiment.
         """
         from visionloop.config import Settings
-        from visionloop.monitoring.monitor import NoModelToMonitor
+        from visionloop.monitoring.monitored import NoModelToMonitor, load_monitored
         from visionloop.monitoring.performance import monitor_performance, performance_from_folder
 
         settings = Settings.load()
         try:
-            monitored = _load(settings, model)
+            monitored = load_monitored(settings, model)
             if data is None:
                 result = monitor_performance(settings, monitored.model, all_versions=all_versions)
             else:
@@ -145,13 +133,14 @@ def register(app: typer.Typer) -> None:
         (Bonferroni over the slices, 5 % family-wise). Table and plot are logged to MLflow's monitoring experiment.
         """
         from visionloop.config import Settings
-        from visionloop.monitoring.monitor import NoModelToMonitor
-        from visionloop.monitoring.performance import load_labeled, log_slice_report, slice_report
+        from visionloop.monitoring.labeled import load_labeled
+        from visionloop.monitoring.monitored import NoModelToMonitor, load_monitored
+        from visionloop.monitoring.slice_report import log_slice_report, slice_report
 
         settings = Settings.load()
         try:
-            monitored = _load(settings, model)
-            labeled = load_labeled(settings, data, channels=int(monitored.model.config.get("in_channels", 1)))
+            monitored = load_monitored(settings, model)
+            labeled = load_labeled(settings, data, channels=monitored.model.channels)
             table, plot = slice_report(
                 settings, monitored.model, labeled.images, labeled.labels, labeled.metadata,
                 reference=monitored.reference,

@@ -13,6 +13,7 @@ import typer
 if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
+    from rich.table import Table
 
     from visionloop.contracts import PromotionRecord
 
@@ -51,7 +52,7 @@ def _number(value: Any) -> str:
     return f"{number:.4f}" if number == number else "-"
 
 
-def _comparison_table(comparison: pd.DataFrame, title: str):
+def _comparison_table(comparison: pd.DataFrame, title: str) -> Table:
     from rich.table import Table
 
     table = Table(title=title)
@@ -84,7 +85,8 @@ def register(app: typer.Typer) -> None:
         Every decision is recorded (`visionloop registry history`). Exit code 0 either way; 1: nothing to gate.
         """
         from visionloop.config import Settings
-        from visionloop.promotion.registry import RegistryError, apply_gate, evaluate_gate
+        from visionloop.models.registry import RegistryError
+        from visionloop.promotion.promote import apply_gate, evaluate_gate
 
         settings = Settings.load()
         try:
@@ -119,7 +121,8 @@ def register(app: typer.Typer) -> None:
         Serving follows the alias and hot-reloads. Repeated rollbacks walk further back.
         """
         from visionloop.config import Settings
-        from visionloop.promotion.registry import RegistryError, rollback
+        from visionloop.models.registry import RegistryError
+        from visionloop.promotion.rollback import rollback
 
         try:
             record = rollback(Settings.load(), trigger=trigger)
@@ -142,7 +145,7 @@ def register(app: typer.Typer) -> None:
         Serving follows the alias and hot-reloads; `visionloop rollback` undoes it.
         """
         from visionloop.config import Settings
-        from visionloop.promotion.registry import assign_champion
+        from visionloop.promotion.rollback import assign_champion
 
         try:
             record = assign_champion(Settings.load(), version, reason, trigger=trigger)
@@ -160,7 +163,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from visionloop.config import Settings
-        from visionloop.promotion.registry import list_versions
+        from visionloop.models.registry import list_versions
 
         settings = Settings.load()
         versions = list_versions(settings)
@@ -196,7 +199,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from visionloop.config import Settings
-        from visionloop.promotion.registry import history
+        from visionloop.promotion.audit import history
 
         settings = Settings.load()
         records = history(settings)
@@ -234,7 +237,8 @@ def register(app: typer.Typer) -> None:
         `visionloop register` registers the run in models/; this takes any run id (e.g. from the MLflow UI).
         """
         from visionloop.config import Settings
-        from visionloop.promotion.registry import RegistryError, register_run, run_test_metrics
+        from visionloop.models.registry import RegistryError, run_test_metrics
+        from visionloop.promotion.promote import register_run
 
         settings = Settings.load()
         try:

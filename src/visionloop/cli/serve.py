@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
+
+from visionloop.config import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -23,18 +27,15 @@ def register(app: typer.Typer) -> None:
         after it loaded and predicted a sample. Every prediction is logged (VISIONLOOP_DB_URL) with its
         input image (serving.image_dir). Set VISIONLOOP_TOKEN to require a bearer token.
         """
-        import logging
+        import uvicorn  # heavy imports here, at use: `visionloop --help` stays fast
 
-        import uvicorn
-
-        from visionloop.config import Settings
         from visionloop.serving.app import create_app
         from visionloop.serving.sources import source_from_uri
+        from visionloop.store.database import upgrade_embedded
 
         settings = Settings.load()
-        cfg = settings.section("serving")
-        bind_host = host or cfg.get("host", "127.0.0.1")
-        bind_port = int(port or cfg.get("port", 8000))
+        bind_host = host or settings.params.serving.host
+        bind_port = port or settings.params.serving.port
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if bind_host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
             typer.secho(
@@ -46,4 +47,8 @@ def register(app: typer.Typer) -> None:
             source = source_from_uri(settings, model_uri)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--model-uri") from None
+        try:
+            upgrade_embedded(settings.db_url)  # a team database is upgraded by its owners: `visionloop db upgrade`
+        except Exception as error:  # noqa: BLE001 - answers go out without the prediction log; /health says why
+            typer.secho(f"warning: the prediction log could not be upgraded: {error}", fg=typer.colors.YELLOW, err=True)
         uvicorn.run(create_app(settings, source), host=bind_host, port=bind_port, log_level=log_level.lower())

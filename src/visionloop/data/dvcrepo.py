@@ -8,10 +8,13 @@ from collections.abc import Iterator
 from contextlib import chdir, contextmanager
 from pathlib import Path
 
+from dvc.repo import Repo
+
 from visionloop.config import Settings
 
 
 def is_dvc_repo(root: Path) -> bool:
+    """Whether the project versions data with DVC (a plain folder still works, hashed without a DVC cache)."""
     return (root / ".dvc").is_dir()
 
 
@@ -19,10 +22,8 @@ _CWD_LOCK = threading.Lock()
 
 
 @contextmanager
-def _repo(settings: Settings) -> Iterator:
+def _repo(settings: Settings) -> Iterator[Repo]:
     """The project's DVC repo, used from its root: DVC resolves targets against the working directory."""
-    from dvc.repo import Repo
-
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(settings.state_dir / "dvc-site-cache"))
     with _CWD_LOCK, chdir(settings.root), Repo(str(settings.root)) as repo:
         yield repo

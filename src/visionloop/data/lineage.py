@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from dvc_data.hashfile.build import build
+from dvc_data.hashfile.db import HashFileDB
+from dvc_objects.fs.local import LocalFileSystem
+
 from visionloop.contracts import DataVersion
 
 
@@ -31,10 +35,6 @@ def git_dirty(root: Path) -> bool:
 
 def dvc_hash(path: Path) -> str:
     """The md5 DVC records for ``path`` (``….dir`` for a folder), computed by DVC's own hashing."""
-    from dvc_data.hashfile.build import build
-    from dvc_data.hashfile.db import HashFileDB
-    from dvc_objects.fs.local import LocalFileSystem
-
     fs = LocalFileSystem()
     # dry_run: hash only; the object database is a throwaway needed by the API, nothing is written.
     odb = HashFileDB(fs, str(path.parent / ".dvc-hash-scratch"))

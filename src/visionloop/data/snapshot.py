@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from visionloop.contracts import DataVersion
 from visionloop.config import Settings
+from visionloop.contracts import DataVersion
+from visionloop.data import dvcrepo
+from visionloop.data.lineage import data_version, git_commit
+from visionloop.data.manifest import read_source_manifest
+from visionloop.data.prepare import source_from_settings
 
 SNAPSHOT_DIR = "data/snapshots"
 
@@ -40,15 +44,13 @@ def latest_snapshot(settings: Settings) -> Path | None:
 
 def current_source(settings: Settings) -> Path:
     """What training should read now: the newest snapshot, else ``data.source``."""
-    from visionloop.data.ingest import source_from_settings
-
     return latest_snapshot(settings) or source_from_settings(settings)
 
 
 def source_table(source: Path) -> pd.DataFrame:
     """A source (class-per-folder dir or manifest CSV) as rows of absolute path, label and metadata."""
     if source.suffix.lower() == ".csv":
-        table = pd.read_csv(source, dtype=str, keep_default_na=False)
+        table = read_source_manifest(source, ("path", "label"))
         table["path"] = [str(p if Path(p).is_absolute() else (source.parent / p)) for p in table["path"]]
         return table
     rows = [
@@ -70,9 +72,6 @@ def create_snapshot(
 ) -> Snapshot:
     """Copy ``base`` + ``additions`` (path,label[,meta]) into a new snapshot, apply ``relabel``
     (source path → new label), and version it with DVC."""
-    from visionloop.data import dvcrepo
-    from visionloop.data.lineage import data_version, git_commit
-
     base = base or current_source(settings)
     table = source_table(base)
     n_base = len(table)

@@ -18,8 +18,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from visionloop.config import Settings
-from visionloop.store.predlog import make_engine
-from visionloop.store.schema import alerts_table, metadata
+from visionloop.store.database import ensure_schema, make_engine
+from visionloop.store.schema import alerts_table
 
 RETRAIN_STARTED = "retrain_started"
 SUPPRESSED_COOLDOWN = "suppressed_cooldown"
@@ -29,6 +29,8 @@ ACTIONS = (RETRAIN_STARTED, SUPPRESSED_COOLDOWN, SUPPRESSED_RUNNING)
 
 @dataclass
 class AlertDecision:
+    """What was done about one alert: whether it starts a retrain, and why (one of ``ACTIONS``)."""
+
     alert_id: str
     retrain: bool
     action: str
@@ -36,17 +38,19 @@ class AlertDecision:
 
 
 class AlertLog:
+    """The ``alerts`` table: every drift alert, the decision taken on it and, for a retrain, its outcome."""
+
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        ensure_schema(self.engine)
 
     def decide(
         self,
         model_name: str,
         payload: dict[str, Any],
         cooldown_seconds: float,
+        max_runtime_seconds: float,
         flow_run_id: str | None = None,
-        max_runtime_seconds: float = 3600,
         now: datetime | None = None,
     ) -> AlertDecision:
         """Record the alert and whether it starts a retrain; atomic against a concurrent decision."""
@@ -93,6 +97,7 @@ class AlertLog:
                 finished_at=datetime.now(UTC), outcome=outcome))
 
     def history(self, model_name: str | None = None, limit: int = 100) -> pd.DataFrame:
+        """The latest alerts (of one model, if given), newest first, one column per table column."""
         query = sa.select(alerts_table).order_by(alerts_table.c.created_at.desc()).limit(limit)
         if model_name:
             query = query.where(alerts_table.c.model_name == model_name)
@@ -103,8 +108,7 @@ class AlertLog:
 
 def decide_retrain(settings: Settings, payload: dict[str, Any], flow_run_id: str | None = None) -> AlertDecision:
     """The healing policy with the project's cooldown."""
-    retrain = settings.section("retrain")
+    retrain = settings.params.retrain
     return AlertLog(settings.db_url).decide(
-        settings.model_name, payload, float(retrain.get("cooldown_seconds", 3600)), flow_run_id,
-        max_runtime_seconds=float(retrain.get("max_runtime_seconds", 3600)),
+        settings.model_name, payload, retrain.cooldown_seconds, retrain.max_runtime_seconds, flow_run_id
     )

@@ -9,13 +9,20 @@ Nothing touches the champion before the gate, so a failure at any step leaves it
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from visionloop.config import Settings
+from visionloop.contracts import DataVersion
+from visionloop.data.prepare import prepare_from_settings
+from visionloop.data.snapshot import Snapshot, create_snapshot, latest_snapshot
+from visionloop.promotion.promote import RegisteredVersion, register_run
+from visionloop.store.predlog import PredictionLog
+from visionloop.training.evaluate import run_evaluation
+from visionloop.training.train import TrainResult, train
 
 
 @dataclass
@@ -23,30 +30,23 @@ class RetrainWorkspace:
     """Where one retrain writes: its own prepared data and model folder (not the DVC stage outputs)."""
 
     root: Path
+    prepared: Path = field(init=False)
+    model: Path = field(init=False)
+    metrics: Path = field(init=False)
+    plots: Path = field(init=False)
 
-    @property
-    def prepared(self) -> Path:
-        return self.root / "prepared"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
+    def __post_init__(self) -> None:
+        self.prepared, self.model = self.root / "prepared", self.root / "model"
+        self.metrics, self.plots = self.root / "metrics.json", self.root / "plots"
 
 
 def new_labeled_production(settings: Settings) -> pd.DataFrame:
     """Production images with feedback labels not yet in a data version (path,label,prediction_id)."""
-    from visionloop.data.snapshot import latest_snapshot
-    from visionloop.store.predlog import PredictionLog
-
-    labeled = PredictionLog(settings.db_url).labeled()
+    prediction_log = PredictionLog(settings.db_url)
+    try:
+        labeled = prediction_log.labeled()
+    finally:
+        prediction_log.dispose()
     labeled = labeled[labeled["image_path"].notna() & labeled["image_path"].map(lambda p: bool(p) and Path(p).exists())]
     latest = latest_snapshot(settings)
     if latest is not None:
@@ -60,50 +60,39 @@ def new_labeled_production(settings: Settings) -> pd.DataFrame:
     })
 
 
-def snapshot_data(settings: Settings, additions: pd.DataFrame, reason: str = "retrain"):
+def snapshot_data(settings: Settings, additions: pd.DataFrame, reason: str = "retrain") -> Snapshot:
     """A new DVC data version: the current training data plus the additions."""
-    from visionloop.data.snapshot import create_snapshot
-
     return create_snapshot(settings, additions=additions, reason=reason)
 
 
 def prepare_snapshot(settings: Settings, manifest: Path, workspace: RetrainWorkspace) -> dict[str, Any]:
-    from visionloop.data.ingest import prepare
-
-    data = settings.section("data")
-    prepared = prepare(
-        manifest, workspace.prepared, channels=int(data["channels"]), min_side=int(data["min_side"]),
-        max_pixels=int(data["max_pixels"]), val_fraction=float(data["val_fraction"]),
-        test_fraction=float(data["test_fraction"]), seed=settings.seed,
-    )
-    return prepared.report
+    """Validate and split the snapshot into the retrain's own prepared folder, with ``data``'s limits."""
+    return prepare_from_settings(settings, manifest, workspace.prepared).report
 
 
 def retrain_settings(settings: Settings) -> Settings:
     """Training params for a retrain: ``retrain.epochs`` and ``retrain.origin_weights`` over ``train``."""
-    retrain = settings.section("retrain")
-    overrides: dict[str, Any] = {"epochs": int(retrain.get("epochs", settings.section("train")["epochs"]))}
-    if "origin_weights" in retrain:
-        overrides["origin_weights"] = retrain["origin_weights"]
-    return settings.with_overrides({"train": overrides})
+    retrain = settings.params.retrain
+    return settings.with_overrides({"train": {"epochs": retrain.epochs, "origin_weights": retrain.origin_weights}})
 
 
-def train_challenger(settings: Settings, workspace: RetrainWorkspace, data_version, base: str, trigger: str):
-    from visionloop.training.train import train
-
-    strategy = settings.section("retrain").get("strategy", "fine_tuning")
+def train_challenger(
+    settings: Settings, workspace: RetrainWorkspace, data_version: DataVersion, base: str, trigger: str
+) -> TrainResult:
+    """Transfer learning from ``base`` (the champion) with ``retrain.strategy``, into the workspace."""
+    strategy = settings.params.retrain.strategy
     return train(retrain_settings(settings), prepared_dir=workspace.prepared, out_dir=workspace.model, base=base,
                  strategy=strategy, data_version=data_version, trigger=trigger, run_name=f"retrain-{strategy}")
 
 
 def evaluate_challenger(settings: Settings, workspace: RetrainWorkspace) -> dict[str, float]:
-    from visionloop.training.evaluate import run_evaluation
-
+    """The challenger's test metrics on the new data version's test split."""
     return run_evaluation(settings, workspace.model, workspace.prepared, workspace.metrics, workspace.plots).metrics()
 
 
-def register_challenger(settings: Settings, workspace: RetrainWorkspace, metrics: dict[str, float], trigger: str):
-    from visionloop.promotion.registry import register_run
-
+def register_challenger(
+    settings: Settings, workspace: RetrainWorkspace, metrics: dict[str, float], trigger: str
+) -> RegisteredVersion:
+    """Register the challenger's run as a new version (alias ``challenger``); the gate decides the rest."""
     run_id = json.loads((workspace.model / "run.json").read_text())["run_id"]
     return register_run(settings, run_id, metrics, trigger=trigger)

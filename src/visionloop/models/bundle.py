@@ -1,7 +1,8 @@
 """A model version in memory: the eager network, its eval pipeline, classes and drift reduction.
 
 Serving, batch inference, monitoring and the promotion gate all predict through ``ServableModel``
-so that they preprocess exactly as training did. Files on disk follow ``seams.BUNDLE_FILES``.
+so that they preprocess exactly as training did. Files on disk follow ``contracts.BUNDLE_FILES``;
+registered versions reach disk through ``models.cache``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class ServableModel:
             **extra,
         )
 
+    @property
+    def channels(self) -> int:
+        """Channels of the canonical images the network takes (1 = grayscale, 3 = RGB): how inputs are decoded."""
+        return int(self.config["in_channels"])
+
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
         return to_tensor_batch(self.transform, images)
 
@@ -91,36 +97,3 @@ class ServableModel:
             return Predictions(np.zeros((0, n), np.float32), np.zeros((0, self.config["embedding_dim"]), np.float32))
         return self.predict_tensor(self.preprocess(images))
 
-
-def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/name@alias`` or ``models:/name/3`` → (name, alias, version)."""
-    if not model_uri.startswith("models:/"):
-        raise ValueError(f"not a registry URI: {model_uri!r} (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
-    rest = model_uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, alias, None
-    name, _, version = rest.rpartition("/")
-    if not name or not version:
-        raise ValueError(f"not a registry URI: {model_uri!r}")
-    return name, None, version
-
-
-def load_registered(model_uri: str, tracking_uri: str, destination: Path | None = None) -> ServableModel:
-    """Download a registered version's bundle and build it; the version, aliases and tags come along."""
-    import tempfile
-
-    import mlflow
-    from mlflow import MlflowClient
-
-    from visionloop.models.tracking import point_mlflow_at
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    name, alias, version = parse_model_uri(model_uri)
-    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    target = destination or Path(tempfile.mkdtemp(prefix=f"visionloop-{name}-v{mv.version}-"))
-    point_mlflow_at(tracking_uri)
-    mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="bundle", dst_path=str(target))
-    return ServableModel.from_dir(
-        target, name=name, version=str(mv.version), tags=dict(mv.tags), aliases=list(mv.aliases or [])
-    )

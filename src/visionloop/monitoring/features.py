@@ -13,6 +13,7 @@ colourfulness do not depend on the bit depth; entropy is in bits of the 256-bin 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -223,13 +224,19 @@ def image_stat_frame(images: list[np.ndarray]) -> pd.DataFrame:
 
 
 def predict_in_chunks(model: ServableModel, images: list[np.ndarray], chunk: int = _PREDICT_CHUNK) -> Predictions:
-    """``model.predict`` over many images without one huge batch in memory."""
-    from visionloop.models.bundle import Predictions
+    """``model.predict`` over many images without one huge batch in memory.
 
+    (``Predictions`` is only named for typing: this module must not load torch, which the prediction log's
+    writer would then pay for.)
+    """
     if not images:
         return model.predict([])
     parts = [model.predict(images[i : i + chunk]) for i in range(0, len(images), chunk)]
-    return Predictions(np.concatenate([p.probabilities for p in parts]), np.concatenate([p.embeddings for p in parts]))
+    return replace(
+        parts[0],
+        probabilities=np.concatenate([p.probabilities for p in parts]),
+        embeddings=np.concatenate([p.embeddings for p in parts]),
+    )
 
 
 def build_reference_profile(

@@ -11,37 +11,28 @@ the training-time accuracy *and* the drop is not chance — the upper end of the
 the production accuracy lies below the training-time accuracy (a handful of labels can't raise it).
 Severity: ``critical`` when the drop reaches ``monitoring.degradation_critical``, else ``warning``.
 Fewer than ``monitoring.min_labels`` labels: "not enough labels", nothing is judged.
-
-**Slices** (``slice_report``): accuracy per class, per tertile bin of image statistics (dark / normal /
-bright, …, cut at the model's reference profile) and per metadata value, with the flag rule of
-``visionloop.monitoring.slices`` — the same code as the promotion gate's slice check.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from visionloop.config import Settings
 from visionloop.contracts import Severity
+from visionloop.models.bundle import ServableModel
 from visionloop.monitoring.features import PROBABILITY_PREFIX
-from visionloop.monitoring.slices import OVERALL, build_slice_frame, plot_slices, slice_metrics, wilson_interval
+from visionloop.monitoring.labeled import labeled_predictions, load_labeled
+from visionloop.monitoring.outputs import log_check_run, new_output_dir
+from visionloop.monitoring.slices import wilson_interval
 from visionloop.training.evaluate import Evaluation, evaluate_model, plot_confusion, plot_roc
 
-if TYPE_CHECKING:
-    from visionloop.config import Settings
-    from visionloop.models.bundle import ServableModel
-
 HEADLINE = ("accuracy", "macro_f1", "roc_auc_ovr", "ece")
-DEFAULT_MIN_LABELS = 30
-DEFAULT_LABEL_WINDOW = 500
-# Columns of a prepared manifest / bundle test set that are not metadata to slice by.
-NOT_METADATA = frozenset({"path", "label", "split", "sha256", "source_path", "abs_path"})
 
 
 @dataclass
@@ -96,14 +87,10 @@ class PerformanceResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: for ``--json``, ``performance.json`` and the monitor flow's result."""
+        plain = ("status", "model_name", "model_version", "source", "n", "n_unusable", "message")
         return {
-            "status": self.status,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "source": self.source,
-            "n": self.n,
-            "n_unusable": self.n_unusable,
-            "message": self.message,
+            **{key: getattr(self, key) for key in plain},
             "metrics": {k: _rounded(v) for k, v in self.metrics.items()},
             "per_class": self.per_class,
             "baseline": {k: _rounded(self.baseline.get(k)) for k in HEADLINE},
@@ -162,8 +149,8 @@ def assess(
     settings: Settings, model: ServableModel, evaluation: Evaluation, *, source: str, n_unusable: int = 0
 ) -> PerformanceResult:
     """Score ``evaluation`` against the model's training-time metrics; too few labels are reported, not judged."""
-    params = settings.section("monitoring")
-    min_labels = int(params.get("min_labels", DEFAULT_MIN_LABELS))
+    params = settings.params.monitoring
+    min_labels = params.min_labels
     n = len(evaluation.y_true)
     base = {
         "model_name": model.name,
@@ -180,8 +167,8 @@ def assess(
             f"({source}), at least {min_labels} needed (monitoring.min_labels); performance not judged",
             **base,
         )
-    threshold = float(params.get("degradation_threshold", 0.05))
-    critical = float(params.get("degradation_critical", 0.15))
+    threshold = params.degradation_threshold
+    critical = params.degradation_critical
     training = model.metrics.get("accuracy")
     degraded, severity, drop, interval = degradation(
         float(training) if isinstance(training, int | float) else None, evaluation, threshold, critical
@@ -228,53 +215,19 @@ def write_performance_outputs(result: PerformanceResult, out_dir: Path) -> dict[
 
 def log_performance(settings: Settings, result: PerformanceResult, files: dict[str, Path]) -> str:
     """An MLflow run in the monitoring experiment: the metrics, their training-time values, the plots."""
-    import mlflow
-
-    from visionloop.models.tracking import use_tracking
-
-    experiment_id = use_tracking(settings, "monitoring_experiment")
-    tags = {
-        "visionloop.kind": "performance",
-        "model_name": result.model_name,
-        "model_version": result.model_version,
-        "source": result.source[:5000],
-        "degraded": str(result.degraded).lower(),
-        "severity": result.severity,
-    }
-    metrics = {k: v for k, v in result.metrics.items() if np.isfinite(v)}
+    metrics = dict(result.metrics)
     metrics.update({f"training.{k}": _number(result.baseline.get(k)) for k in HEADLINE})
     for cls, scores in result.per_class.items():
         metrics.update({f"{name}_class_{cls}": float(scores[name]) for name in ("precision", "recall", "f1")})
     if result.drop is not None:
         metrics["accuracy_drop"] = result.drop
     metrics["n_unusable"] = float(result.n_unusable)
-    run_name = f"performance {result.model_name} v{result.model_version}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        for file in files.values():
-            mlflow.log_artifact(str(file), artifact_path="performance")
-        return run.info.run_id
+    tags = {"source": result.source[:5000], "degraded": str(result.degraded).lower(), "severity": result.severity}
+    model = (result.model_name, result.model_version)
+    return log_check_run(settings, "performance", model, tags=tags, metrics=metrics, files=files.values())
 
 
-# --- from the prediction log / from a labeled folder --------------------------------------------------
-
-
-def labeled_predictions(
-    settings: Settings, model: ServableModel, *, last_n: int | None = None, all_versions: bool = False
-) -> pd.DataFrame:
-    """The latest ``last_n`` predictions of the model (its version only, unless ``all_versions``) with a label."""
-    from visionloop.store.predlog import PredictionLog
-
-    prediction_log = PredictionLog(settings.db_url)
-    try:
-        frame = prediction_log.labeled()
-    finally:
-        prediction_log.dispose()
-    keep = frame["model_name"] == model.name
-    if not all_versions:
-        keep &= frame["model_version"].astype(str) == str(model.version)
-    frame = frame[keep]
-    return frame.tail(last_n) if last_n is not None else frame
+# --- the checks: the labeled production predictions, or a labeled folder ------------------------------
 
 
 def monitor_performance(
@@ -291,7 +244,7 @@ def monitor_performance(
     When there are enough labels: writes the outputs (``out_dir``, default a new
     ``<state>/monitoring/<timestamp>/performance``) and, with ``log``, an MLflow run.
     """
-    window = last_n if last_n is not None else int(settings.section("monitoring").get("label_window", 500))
+    window = last_n if last_n is not None else settings.params.monitoring.label_window
     frame = labeled_predictions(settings, model, last_n=window, all_versions=all_versions)
     evaluation, unusable = evaluation_from_log(frame, model.classes)
     result = assess(settings, model, evaluation, source="feedback", n_unusable=unusable)
@@ -302,141 +255,18 @@ def performance_from_folder(
     settings: Settings, model: ServableModel, data: Path, *, out_dir: Path | None = None, log: bool = True
 ) -> PerformanceResult:
     """Score the model on a labeled folder, CSV manifest or prepared data set (``load_labeled``)."""
-    labeled = load_labeled(settings, data, channels=int(model.config.get("in_channels", 1)))
+    labeled = load_labeled(settings, data, channels=model.channels)
     evaluation = evaluate_model(model, labeled.images, labeled.labels)
     return _finish(settings, assess(settings, model, evaluation, source=labeled.source), out_dir, log)
 
 
 def _finish(settings: Settings, result: PerformanceResult, out_dir: Path | None, log: bool) -> PerformanceResult:
+    """Write (and log) a judged result; one with too few labels has nothing to show and is returned as is."""
     if result.evaluation is None:
         return result
     if out_dir is None:
-        from visionloop.monitoring.monitor import new_output_dir
-
         out_dir = new_output_dir(settings) / "performance"
     result.files = write_performance_outputs(result, out_dir)
     if log:
         result.mlflow_run_id = log_performance(settings, result, result.files)
     return result
-
-
-@dataclass
-class LabeledData:
-    images: list[np.ndarray]
-    labels: list[str]
-    metadata: pd.DataFrame  # one row per image; the columns to slice by
-    source: str
-
-
-def load_labeled(settings: Settings, data: Path | None = None, *, channels: int = 1) -> LabeledData:
-    """Labeled images from a prepared data set (its ``test`` split), a folder with a ``manifest.csv`` (such as
-    a bundle's ``test_set``), a ``path,label[,meta…]`` CSV or a class-per-folder directory.
-
-    Default: the project's prepared data (``data.prepared_dir``). Metadata = the manifest's other columns.
-    Folders and CSVs pass the same checks as training data (``data.ingest``); refused files are left out.
-    """
-    from visionloop.data.ingest import ingest, load_image
-
-    params = settings.section("data")
-    path = settings.path(data) if data is not None else settings.path(params["prepared_dir"])
-    manifest_path = path / "manifest.csv" if path.is_dir() else None
-    if manifest_path is not None and manifest_path.exists():
-        manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
-        source = str(path)
-        if "split" in manifest.columns:
-            manifest = manifest[manifest["split"] == "test"]
-            source = f"{path} (test split)"
-        images = [load_image(path / p) for p in manifest["path"]]
-        metadata = manifest.drop(columns=[c for c in manifest.columns if c in NOT_METADATA])
-        return LabeledData(images, manifest["label"].tolist(), metadata.reset_index(drop=True), source)
-    if not path.exists():
-        raise FileNotFoundError(f"no labeled data at {path}")
-    images: list[np.ndarray] = []
-    result = ingest(
-        path,
-        channels=channels,
-        min_side=int(params.get("min_side", 8)),
-        max_pixels=int(params["max_pixels"]),
-        on_record=lambda _record, pixels: images.append(pixels),
-    )
-    metadata = pd.DataFrame([r.meta for r in result.records], columns=result.meta_columns)
-    return LabeledData(images, [r.label for r in result.records], metadata, str(path))
-
-
-# --- slices ------------------------------------------------------------------------------------------
-
-
-def slice_report(
-    settings: Settings,
-    model: ServableModel,
-    images: Sequence[np.ndarray],
-    labels: Sequence[str],
-    meta: pd.DataFrame | None = None,
-    *,
-    reference: pd.DataFrame | None = None,
-    out_dir: Path | None = None,
-) -> tuple[pd.DataFrame, Path]:
-    """Accuracy per slice (``slices.slice_metrics``) and its plot, for ``evaluate --slices`` and ``slices``.
-
-    Slices: each class, the tertile bins of the image statistics named in ``registry.gate.slices.image_stats``
-    (cut at ``reference``, the model's reference profile, when given — as the gate does — else at these
-    images), and every column of ``meta``. The plot is written to ``out_dir/slices.png`` (default
-    ``<state>/monitoring/<timestamp>/slices``); the table beside it as ``slices.csv``.
-    """
-    declared = settings.section("registry").get("gate", {}).get("slices") or {}
-    stat_columns = list(declared.get("image_stats", ["brightness", "contrast", "sharpness"]))
-    predicted = np.asarray(model.classes, dtype=object)[evaluate_model(model, list(images), list(labels)).y_pred]
-    meta_columns = list(meta.columns) if meta is not None else []
-    frame, slice_cols = build_slice_frame(
-        list(images),
-        [str(label) for label in labels],
-        {"predicted": predicted.tolist()},
-        stat_columns=stat_columns,
-        reference=reference,
-        metadata=meta.reset_index(drop=True) if meta is not None else None,
-        metadata_columns=meta_columns,
-    )
-    table = slice_metrics(frame, label_col="label", pred_col="predicted", slice_cols=slice_cols)
-    if out_dir is None:
-        from visionloop.monitoring.monitor import new_output_dir
-
-        out_dir = new_output_dir(settings) / "slices"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "slices.csv", index=False)
-    plot = plot_slices(table, out_dir / "slices.png", title=f"{model.name} v{model.version}: accuracy per slice")
-    return table, plot
-
-
-def log_slice_report(settings: Settings, model: ServableModel, table: pd.DataFrame, plot: Path, source: str) -> str:
-    """An MLflow run in the monitoring experiment: accuracy per slice, the flagged slices, the table and plot."""
-    import mlflow
-
-    from visionloop.models.tracking import use_tracking
-
-    experiment_id = use_tracking(settings, "monitoring_experiment")
-    flagged = table[table["flagged"]]
-    tags = {
-        "visionloop.kind": "slices",
-        "model_name": model.name,
-        "model_version": str(model.version),
-        "source": source[:5000],
-        "flagged_slices": ",".join(f"{c}={s}" for c, s in zip(flagged["column"], flagged["slice"], strict=True))[:5000],
-    }
-    metrics = {"n_flagged": float(len(flagged))}
-    for row in table.itertuples():
-        key = "accuracy" if row.column == OVERALL else f"accuracy.{row.column}.{row.slice}"
-        if np.isfinite(row.accuracy):
-            metrics[_metric_key(key)] = float(row.accuracy)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"slices {model.name} v{model.version}",
-                          tags=tags) as run:
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(plot), artifact_path="slices")
-        csv = plot.with_name("slices.csv")
-        if csv.exists():
-            mlflow.log_artifact(str(csv), artifact_path="slices")
-        return run.info.run_id
-
-
-def _metric_key(key: str) -> str:
-    """MLflow metric names allow letters, digits, ``_ - . / :`` and spaces."""
-    return "".join(ch if ch.isalnum() or ch in "_-./: " else "_" for ch in key)[:250]

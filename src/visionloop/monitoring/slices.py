@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from scipy.stats import fisher_exact
 
 from visionloop.monitoring.features import IMAGE_STAT_COLUMNS, image_stat_frame
@@ -265,11 +266,6 @@ def _natural_key(value: str) -> tuple[int, Any]:
 
 def plot_slices(table: pd.DataFrame, path: Path | str, title: str = "Accuracy per slice") -> Path:
     """Horizontal bars of slice accuracy with Wilson-interval whiskers; flagged slices in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = table.iloc[::-1]  # first row at the top
@@ -284,7 +280,8 @@ def plot_slices(table: pd.DataFrame, path: Path | str, title: str = "Accuracy pe
         "#c0392b" if f else ("#555555" if c == OVERALL else "#4a90d9")
         for f, c in zip(rows["flagged"], rows["column"], strict=True)
     ]
-    fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.28 * len(rows) + 1.2)))
+    fig = Figure(figsize=(6.5, max(2.5, 0.28 * len(rows) + 1.2)))
+    ax = fig.subplots()
     positions = np.arange(len(rows))
     ax.barh(positions, accuracy, xerr=np.clip(errors, 0, None), color=colours, ecolor="black", capsize=2)
     for y, (n, a) in enumerate(zip(rows["n"], accuracy, strict=True)):
@@ -302,5 +299,4 @@ def plot_slices(table: pd.DataFrame, path: Path | str, title: str = "Accuracy pe
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

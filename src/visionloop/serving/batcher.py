@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from visionloop.store.predlog import PendingPredictions
+from visionloop.store.records import PendingPredictions
 
 if TYPE_CHECKING:
     from visionloop.models.bundle import Predictions, ServableModel
@@ -76,8 +76,9 @@ class MicroBatcher:
     def __init__(
         self,
         get_model: Callable[[], ServableModel | None],
-        max_batch: int = 32,
-        max_wait_ms: float = 4.0,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
         max_queue: int = 4096,
         log: Callable[[PendingPredictions], object] | None = None,
     ) -> None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from visionloop.monitoring.features import reduce_embeddings
+
 if TYPE_CHECKING:
     from visionloop.models.bundle import ServableModel
     from visionloop.serving.sources import ModelSource
@@ -40,18 +42,17 @@ def sample_images(channels: int, size: int = 32, count: int = 3) -> list[np.ndar
     return [base[i % len(base)] for i in range(count)]
 
 
-def warm_up_and_check(model: ServableModel, max_batch: int = 32) -> None:
-    """Run the model at batch 1..3 and at ``max_batch``; raise ``ModelCheckFailed`` on a wrong answer.
+def warm_up_and_check(model: ServableModel, max_batch: int) -> None:
+    """Run the model at batch 1..3 and at ``max_batch`` (``serving.max_batch``: the largest batch it will see);
+    raise ``ModelCheckFailed`` on a wrong answer.
 
     Checks: probabilities N×len(classes), finite, rows summing to 1; embeddings finite and reducible
     by the version's drift reduction; the same answer for an image alone and inside a full batch
     (a network left in training mode fails this).
     """
-    from visionloop.monitoring.features import reduce_embeddings
-
     if not model.classes or len(set(model.classes)) != len(model.classes):
         raise ModelCheckFailed(f"classes must be distinct and non-empty, got {model.classes!r}")
-    channels = int(model.config.get("in_channels", 1))
+    channels = model.channels
     sample = sample_images(channels)
     try:
         small = model.predict(sample)
@@ -80,7 +81,7 @@ def warm_up_and_check(model: ServableModel, max_batch: int = 32) -> None:
 class ModelManager:
     """Holds the serving model; ``poll_once``/``run`` follow the source and swap atomically."""
 
-    def __init__(self, source: ModelSource, poll_seconds: float = 5.0, max_batch: int = 32) -> None:
+    def __init__(self, source: ModelSource, *, poll_seconds: float, max_batch: int) -> None:
         self.source = source
         self.poll_seconds = poll_seconds
         self.max_batch = max_batch

@@ -2,23 +2,19 @@
 
 The server only needs two calls: ``current_version()`` (cheap, polled every ``serving.poll_seconds``:
 where the alias points now) and ``load(version)`` (slow: returns a ``ServableModel`` whose ``version``
-is that version). The registry-backed source is ``visionloop.promotion.registry.registry_model_source``.
+is that version).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+from visionloop.config import Settings
 from visionloop.contracts import CHAMPION
-
-if TYPE_CHECKING:
-    from visionloop.config import Settings
-    from visionloop.models.bundle import ServableModel
-
-_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
-_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+from visionloop.models.bundle import ServableModel
+from visionloop.models.cache import load_project_version
+from visionloop.models.registry import alias_version, is_model_uri, parse_model_uri
 
 
 @runtime_checkable
@@ -32,8 +28,28 @@ class ModelSource(Protocol):
         """Load one version, with ``name``, ``version``, ``tags`` and ``aliases`` filled in."""
 
 
+class RegistryModelSource:
+    """An alias of the registered model ``registry.model_name``: serving follows it as it moves."""
+
+    def __init__(self, settings: Settings, alias: str = CHAMPION) -> None:
+        self.settings = settings
+        self.alias = alias
+        self.name = settings.model_name
+
+    def __repr__(self) -> str:
+        return f"RegistryModelSource({self.name!r}@{self.alias})"
+
+    def current_version(self) -> str | None:
+        """Where the alias points now (one registry call); None when nothing holds it yet."""
+        return alias_version(self.settings, self.alias)
+
+    def load(self, version: str) -> ServableModel:
+        """One version, from the local cache of registered versions (downloaded on first use)."""
+        return load_project_version(self.settings, str(version))
+
+
 class LocalBundleSource:
-    """A bundle directory laid out like ``seams.BUNDLE_FILES``: one fixed version, never reloads."""
+    """A bundle directory laid out like ``contracts.BUNDLE_FILES``: one fixed version, never reloads."""
 
     def __init__(self, directory: Path | str, name: str | None = None, version: str = "local") -> None:
         self.directory = Path(directory)
@@ -44,8 +60,6 @@ class LocalBundleSource:
         return self.version
 
     def load(self, version: str) -> ServableModel:
-        from visionloop.models.bundle import ServableModel
-
         return ServableModel.from_dir(self.directory, name=self.name, version=version)
 
 
@@ -63,27 +77,32 @@ class PinnedVersionSource:
         return self.source.load(version)
 
 
+def registry_model_source(settings: Settings, alias: str = CHAMPION, name: str | None = None) -> RegistryModelSource:
+    """The source serving polls for hot reload: ``alias`` of ``name`` (default: the project's model)."""
+    if name is not None and name != settings.model_name:
+        settings = settings.with_overrides({"registry": {"model_name": name}})
+    return RegistryModelSource(settings, alias)
+
+
 def source_from_uri(settings: Settings, uri: str | None) -> ModelSource:
     """The source for ``visionloop serve --model-uri``.
 
     None → follow ``registry.model_name@champion``; ``models:/NAME@ALIAS`` → follow that alias;
-    ``models:/NAME/VERSION`` → that version only; a folder → a local bundle (``seams.BUNDLE_FILES``).
+    ``models:/NAME/VERSION`` → that version only; a folder → a local bundle (``contracts.BUNDLE_FILES``).
     """
-
-    def registry(name: str | None, alias: str) -> ModelSource:
-        from visionloop.promotion.registry import registry_model_source
-
-        named = settings
-        if name is not None and name != settings.model_name:
-            named = settings.with_overrides({"registry": {"model_name": name}})
-        return registry_model_source(named, alias=alias)
-
     if uri is None:
-        return registry(None, CHAMPION)
-    if match := _ALIAS_URI.match(uri):
-        return registry(match["name"], match["alias"])
-    if match := _VERSION_URI.match(uri):
-        return PinnedVersionSource(registry(match["name"], CHAMPION), match["version"])
+        return registry_model_source(settings)
+    if is_model_uri(uri):
+        try:
+            name, alias, version = parse_model_uri(uri)
+        except ValueError:
+            raise ValueError(
+                f"--model-uri {uri!r} is not models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder"
+            ) from None
+        if alias is not None:
+            return registry_model_source(settings, alias, name)
+        assert version is not None
+        return PinnedVersionSource(registry_model_source(settings, CHAMPION, name), version)
     path = settings.path(uri)
     if path.is_dir():
         return LocalBundleSource(path, name=settings.model_name)

@@ -20,17 +20,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from visionloop.store.predlog import PendingPredictions, PredictionLog, PredictionLogWriter, WriterStatus
+from visionloop.store.predlog import PredictionLog
+from visionloop.store.writer import PredictionLogWriter, WriterQueue, WriterStatus
 
 
-def _child(url: str | None, image_dir: Path | None, init_error: str | None, requests: Any, reports: Any) -> None:
+def _child(
+    url: str | None, image_dir: Path | None, max_queue: int, init_error: str | None, requests: Any, reports: Any
+) -> None:
     log = None
     if url is not None:
         try:
             log = PredictionLog(url)
         except Exception as error:  # noqa: BLE001 - reported as status, like the in-process writer
             init_error = str(error)
-    writer = PredictionLogWriter(log, image_dir, init_error=init_error, requests=requests)
+    writer = PredictionLogWriter(log, image_dir, max_queue=max_queue, init_error=init_error, requests=requests)
     writer.probe()
     reports.put(([], writer.status()))
     writer.run(on_handled=lambda ids: reports.put((ids, writer.status())))
@@ -39,21 +42,19 @@ def _child(url: str | None, image_dir: Path | None, init_error: str | None, requ
     reports.put(None)
 
 
-class ProcessLogWriter:
+class ProcessLogWriter(WriterQueue):
     """``PredictionLogWriter``'s interface, with the writing done in a child process."""
 
     def __init__(
-        self, log: PredictionLog | None, image_dir: Path | None, max_queue: int = 10_000, init_error: str | None = None
+        self, log: PredictionLog | None, image_dir: Path | None, *, max_queue: int, init_error: str | None = None
     ) -> None:
         self.log = log  # this process's handle: /feedback and the labeling pages use it
         self.image_dir = image_dir
+        self._max_queue = max_queue
         self._init_error = init_error
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
-        self._requests = self._context.Queue(maxsize=max_queue)
+        super().__init__(self._context.Queue(maxsize=max_queue))
         self._reports = self._context.Queue()
-        self._lock = threading.Lock()
-        self._pending: set[str] = set()
-        self._dropped = 0
         self._child_status = WriterStatus(state="unavailable", last_error="writer process not started")
         self._process: Any = None
         self._reader: threading.Thread | None = None
@@ -63,7 +64,7 @@ class ProcessLogWriter:
         """Start the child and wait for its first report (its probe of the database)."""
         url = self.log.url if self.log is not None else None
         self._process = self._context.Process(
-            target=_child, args=(url, self.image_dir, self._init_error, self._requests, self._reports),
+            target=_child, args=(url, self.image_dir, self._max_queue, self._init_error, self._requests, self._reports),
             name="prediction-log-writer", daemon=True,
         )
         self._process.start()
@@ -90,23 +91,6 @@ class ProcessLogWriter:
         self._requests.close()
         self._process = None
 
-    def submit(self, pending: PendingPredictions) -> bool:
-        """Queue answered predictions for the child; False (and counted as dropped) when the queue is full."""
-        with self._lock:
-            self._pending.update(pending.ids)
-        try:
-            self._requests.put_nowait(pending)
-            return True
-        except queue.Full:
-            with self._lock:
-                self._dropped += len(pending.ids)
-                self._pending.difference_update(pending.ids)
-            return False
-
-    def is_pending(self, prediction_id: str) -> bool:
-        with self._lock:
-            return prediction_id in self._pending
-
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the child has handled everything submitted so far; False on timeout or a dead child."""
         deadline = time.monotonic() + timeout
@@ -120,6 +104,7 @@ class ProcessLogWriter:
         return False
 
     def status(self) -> WriterStatus:
+        """A snapshot of the counters, for ``/health``."""
         with self._lock:
             child, dropped, queued = self._child_status, self._dropped, len(self._pending)
         status = replace(child, dropped=child.dropped + dropped, queued=queued)

@@ -25,7 +25,7 @@ class ManifestDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from visionloop.data.ingest import load_image
+        from visionloop.data.images import load_image
 
         image = self.pipeline(image=as_hwc(load_image(self.paths[i])))["image"].float()
         return image, self.targets[i]
@@ -120,6 +120,6 @@ def class_names(manifest: pd.DataFrame) -> list[str]:
 
 
 def load_images(paths: list[str]) -> list[np.ndarray]:
-    from visionloop.data.ingest import load_image
+    from visionloop.data.images import load_image
 
     return [load_image(p) for p in paths]

@@ -168,10 +168,8 @@ def run_evaluation(
     settings, model_dir: Path, prepared_dir: Path, metrics_path: Path, plots_dir: Path, split: str = "test"
 ) -> Evaluation:
     """The ``evaluate`` stage: score the trained bundle on a split, write DVC outputs, log to the run."""
-    import mlflow
-
-    from visionloop.data.ingest import read_manifest
-    from visionloop.models.tracking import use_tracking
+    from visionloop.data.manifest import read_manifest
+    from visionloop.models.tracking import log_run
     from visionloop.training.datamodule import load_images
 
     model = ServableModel.from_dir(model_dir)
@@ -181,13 +179,10 @@ def run_evaluation(
     files = write_outputs(evaluation, metrics_path, plots_dir)
     run_file = model_dir / "run.json"
     if run_file.exists():
-        use_tracking(settings)
-        run_id = json.loads(run_file.read_text())["run_id"]
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics({f"{split}/{k}": v for k, v in evaluation.metrics().items()})
-            for cls, scores in evaluation.per_class().items():
-                mlflow.log_metric(f"{split}/f1_class_{cls}", scores["f1"])
-            for key in ("metrics", "confusion_png", "roc_png", "confusion_csv", "roc_csv"):
-                mlflow.log_artifact(str(files[key]), artifact_path="evaluation")
-            mlflow.log_artifact(str(metrics_path), artifact_path="bundle")
+        metrics = {f"{split}/{k}": v for k, v in evaluation.metrics().items()}
+        metrics.update({f"{split}/f1_class_{cls}": scores["f1"] for cls, scores in evaluation.per_class().items()})
+        plots = ("metrics", "confusion_png", "roc_png", "confusion_csv", "roc_csv")
+        outputs = [(files[key], "evaluation") for key in plots]
+        log_run(settings, run_id=json.loads(run_file.read_text())["run_id"], metrics=metrics,
+                files=[*outputs, (metrics_path, "bundle")])
     return evaluation

@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from visionloop.params import Params
+
 STRATEGIES = ("full", "fine_tuning", "feature_extraction")
 
 
@@ -155,6 +157,17 @@ class ImageClassifier(pl.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.hparams.epochs))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def architecture_from_params(params: Params, num_classes: int) -> dict[str, Any]:
+    """The network's architecture (the bundle's ``model_config.json``) for a fresh model of params.yaml's shape."""
+    return {
+        "num_classes": num_classes,
+        "in_channels": params.data.channels,
+        "widths": list(params.model.widths),
+        "embedding_dim": params.model.embedding_dim,
+        "dropout": params.model.dropout,
+    }
 
 
 def build_network(config: dict[str, Any]) -> SmallCNN:

@@ -20,15 +20,15 @@ REGISTRATION_FILE = "reports/registration.json"
 
 def import_step(settings: Settings) -> int:
     """Write the embedded data set (sklearn digits) as PNG files; returns the number written."""
-    from visionloop.data.ingest import import_digits
+    from visionloop.data.digits import import_digits
 
-    data = settings.section("data")
-    return import_digits(settings.path(data["raw_dir"]), int(data["image_size"]))
+    data = settings.params.data
+    return import_digits(settings.path(data.raw_dir), data.image_size)
 
 
 def prepare_step(settings: Settings):
     """Validate, canonicalise and split the source images; quarantine what is bad."""
-    from visionloop.data.ingest import prepare_from_settings
+    from visionloop.data.prepare import prepare_from_settings
 
     return prepare_from_settings(settings)
 
@@ -45,7 +45,7 @@ def evaluate_step(settings: Settings, model_dir: Path | None = None):
     return run_evaluation(
         settings,
         model_dir or settings.path(MODEL_DIR),
-        settings.path(settings.section("data")["prepared_dir"]),
+        settings.path(settings.params.data.prepared_dir),
         settings.path(METRICS_FILE),
         settings.path(PLOTS_DIR),
     )
@@ -53,36 +53,33 @@ def evaluate_step(settings: Settings, model_dir: Path | None = None):
 
 def slices_step(settings: Settings, model_dir: Path | None = None) -> tuple[Any, Path]:
     """Accuracy per slice of the trained model on the test split (`evaluate --slices`), logged to its run."""
-    import mlflow
     import pandas as pd
 
     from visionloop.contracts import BUNDLE_FILES
-    from visionloop.data.ingest import RESERVED_COLUMNS, read_manifest
+    from visionloop.data.manifest import metadata_columns, read_manifest
     from visionloop.models.bundle import ServableModel
-    from visionloop.models.tracking import use_tracking
-    from visionloop.monitoring.performance import slice_report
+    from visionloop.models.tracking import log_run
+    from visionloop.monitoring.slice_report import slice_report
     from visionloop.training.datamodule import load_images
 
     model_dir = model_dir or settings.path(MODEL_DIR)
     model = ServableModel.from_dir(model_dir, name=settings.model_name, version="trained")
-    manifest = read_manifest(settings.path(settings.section("data")["prepared_dir"]))
+    manifest = read_manifest(settings.path(settings.params.data.prepared_dir))
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
-    meta = test[[c for c in test.columns if c not in RESERVED_COLUMNS]]
+    meta = test[metadata_columns(test.columns)]
     reference = pd.read_parquet(model_dir / BUNDLE_FILES["reference_profile"])
     table, plot = slice_report(settings, model, load_images(test["abs_path"].tolist()), test["label"].tolist(),
                                meta if len(meta.columns) else None, reference=reference,
                                out_dir=settings.path(PLOTS_DIR) / "slices")
     run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
-    use_tracking(settings)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_artifacts(str(plot.parent), artifact_path="evaluation/slices")
-        mlflow.log_metric("test/n_flagged_slices", float(table["flagged"].sum()))
+    log_run(settings, run_id=run_id, metrics={"test/n_flagged_slices": float(table["flagged"].sum())},
+            files=[(plot.parent, "evaluation/slices")])
     return table, plot
 
 
 def register_step(settings: Settings, trigger: str = "cli", model_dir: Path | None = None) -> dict[str, Any]:
     """Register the trained run's model; the first good one becomes champion."""
-    from visionloop.promotion.registry import register_run
+    from visionloop.promotion.promote import register_run
 
     run = json.loads(((model_dir or settings.path(MODEL_DIR)) / "run.json").read_text())
     metrics = json.loads(settings.path(METRICS_FILE).read_text())

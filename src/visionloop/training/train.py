@@ -52,10 +52,11 @@ class TrainResult:
 
 def load_base(base: str, settings: Settings) -> BaseWeights:
     """Read base weights from ``models:/…``, a bundle folder, a ``.pt`` state_dict or a Lightning ``.ckpt``."""
-    from visionloop.models.bundle import load_registered
+    from visionloop.models.cache import load_registered
+    from visionloop.models.registry import is_model_uri
 
-    if base.startswith("models:/"):
-        model = load_registered(base, settings.tracking_uri)
+    if is_model_uri(base):
+        model = load_registered(settings, base)
         return BaseWeights(model.network.state_dict(), model.config, model.classes, f"{base} (v{model.version})")
     path = Path(base)
     if path.is_dir():
@@ -80,24 +81,21 @@ def load_base(base: str, settings: Settings) -> BaseWeights:
 
 def build_classifier(settings: Settings, classes: list[str], base: BaseWeights | None, strategy: str):
     """The LightningModule: fresh from params, or the base architecture with its weights loaded."""
-    from visionloop.training.model import ImageClassifier
+    from visionloop.training.model import ImageClassifier, architecture_from_params
 
-    train_params = settings.section("train")
-    arch = dict(base.config) if base else {
-        "in_channels": settings.section("data").get("channels", 1),
-        **{k: settings.section("model")[k] for k in ("widths", "embedding_dim", "dropout")},
-    }
-    arch["num_classes"] = len(classes)
-    lr = float(train_params["lr"])
+    train_params = settings.params.train
+    arch = {**base.config, "num_classes": len(classes)} if base else architecture_from_params(settings.params,
+                                                                                              len(classes))
+    lr = train_params.lr
     if base and strategy == "fine_tuning":
-        lr *= float(train_params.get("fine_tune_lr_factor", 0.3))
+        lr *= train_params.fine_tune_lr_factor
     model = ImageClassifier(
         **arch,
         lr=lr,
-        weight_decay=float(train_params["weight_decay"]),
-        epochs=int(train_params["epochs"]),
+        weight_decay=train_params.weight_decay,
+        epochs=train_params.epochs,
         strategy=strategy if base else "full",
-        fine_tune_blocks=int(train_params.get("fine_tune_blocks", 1)),
+        fine_tune_blocks=train_params.fine_tune_blocks,
     )
     if base:
         state = base.state_dict
@@ -126,17 +124,18 @@ def train(
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from visionloop.data.ingest import read_manifest, source_from_settings
     from visionloop.data.lineage import data_version as compute_data_version
     from visionloop.data.lineage import git_commit, git_dirty
-    from visionloop.models.tracking import flatten, use_tracking
+    from visionloop.data.manifest import read_manifest
+    from visionloop.data.prepare import source_from_settings
+    from visionloop.models.tracking import flatten, open_run
     from visionloop.training.datamodule import ImageDataModule, class_names
 
-    data_params, train_params = settings.section("data"), settings.section("train")
-    prepared_dir = prepared_dir or settings.path(data_params["prepared_dir"])
+    train_params = settings.params.train
+    prepared_dir = prepared_dir or settings.path(settings.params.data.prepared_dir)
     out_dir = out_dir or settings.path("models")
-    base = base if base is not None else train_params.get("base")
-    strategy = strategy or train_params.get("strategy", "full")
+    base = base if base is not None else train_params.base
+    strategy = strategy or train_params.strategy
     data_version = data_version or compute_data_version(settings.root, source_from_settings(settings))
 
     pl.seed_everything(settings.seed, workers=True)
@@ -148,20 +147,19 @@ def train(
     datamodule = ImageDataModule(
         manifest,
         classes,
-        settings.section("augment")["train"],
-        settings.section("augment")["eval"],
-        batch_size=int(train_params["batch_size"]),
-        num_workers=int(train_params.get("num_workers", 0)),
+        settings.params.augment.train,
+        settings.params.augment.eval,
+        batch_size=train_params.batch_size,
+        num_workers=train_params.num_workers,
         seed=settings.seed,
-        limit_train_fraction=float(train_params.get("limit_train_fraction", 1.0)),
-        origin_weights=train_params.get("origin_weights"),
+        limit_train_fraction=train_params.limit_train_fraction,
+        origin_weights=train_params.origin_weights,
     )
     model = build_classifier(settings, classes, base_weights, strategy)
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     (out_dir / "checkpoints").mkdir(parents=True)
-    experiment_id = use_tracking(settings)
     tags = {
         "git_commit": git_commit(settings.root),
         "git_dirty": str(git_dirty(settings.root)).lower(),
@@ -171,7 +169,7 @@ def train(
         "strategy": model.hparams.strategy,
         "trigger": trigger,
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+    with open_run(settings, run_name=run_name, tags=tags) as run:
         mlflow.log_params(flatten(settings.params.model_dump(mode="json")))
         mlflow.log_params({"effective.lr": model.hparams.lr, "effective.strategy": model.hparams.strategy,
                            "effective.n_classes": len(classes)})
@@ -179,7 +177,7 @@ def train(
         checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc",
                                      mode="max", save_top_k=1, save_last=False)
         trainer = pl.Trainer(
-            max_epochs=int(train_params["epochs"]),
+            max_epochs=train_params.epochs,
             accelerator="cpu",
             deterministic=True,
             logger=MLFlowLogger(tracking_uri=settings.tracking_uri, run_id=run.info.run_id),
@@ -222,7 +220,7 @@ def write_bundle(settings: Settings, model, classes: list[str], datamodule, out_
     servable = ServableModel(network, pipeline_to_json(datamodule.eval_pipeline), classes, model.architecture)
     # The reference is held-out data: embeddings of training images are over-confident.
     reference = datamodule.manifest[datamodule.manifest["split"].isin(["val", "test"])]
-    components = int(settings.section("monitoring").get("embedding_components", 4))
+    components = settings.params.monitoring.embedding_components
     profile, reduction = build_reference_profile(servable, load_images(reference["abs_path"].tolist()), components)
     profile.to_parquet(root / BUNDLE_FILES["reference_profile"], index=False)
     write_test_set(datamodule.manifest[datamodule.manifest["split"] == "test"], root / BUNDLE_FILES["test_set"])

@@ -1,0 +1,51 @@
+"""``GET /health`` (liveness: 200 while the process answers) and ``GET /ready`` (200 once a model serves).
+
+They are separate because an orchestrator restarts a process that is not alive but only withholds
+traffic from one that is not ready: a server waiting for its first champion, or whose prediction log
+is down, is alive and must not be restarted.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from visionloop.serving.deps import BatcherDep, ManagerDep, ServingModel, Uptime, WriterDep
+from visionloop.serving.schemas import HealthResponse, LogStatus, ReadyResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness and the state of the prediction log")
+def health(manager: ManagerDep, writer: WriterDep, batcher: BatcherDep, uptime: Uptime) -> HealthResponse:
+    """200 while the process answers; says whether the prediction log is reachable."""
+    status = manager.status()
+    log_status = writer.status()
+    stats = batcher.stats
+    return HealthResponse(
+        status="ok",
+        prediction_log=log_status.state,
+        model_loaded=status["model_loaded"],
+        model_version=status["model_version"],
+        last_reload_error=status["last_reload_error"],
+        last_poll_error=status["last_poll_error"],
+        reloads=status["reloads"],
+        log=LogStatus(**log_status.to_dict()),
+        batches=stats.batches,
+        images=stats.images,
+        largest_batch=stats.largest_batch,
+        uptime_s=uptime,
+    )
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "No model loaded and checked yet."}},
+    summary="Readiness: a model is loaded and warmed up",
+)
+def ready(model: ServingModel) -> JSONResponse:
+    if model is None:
+        body = ReadyResponse(ready=False, detail="no model version loaded yet")
+        return JSONResponse(body.model_dump(), status_code=503)
+    return JSONResponse(ReadyResponse(ready=True, model_version=str(model.version)).model_dump())

@@ -1,0 +1,1 @@
+"""Alembic's migrations of the project database (``store.schema``); run through ``store.database``."""
