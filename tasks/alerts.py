@@ -10,13 +10,13 @@ from prefect.events import emit_event
 
 from visionloop.config import Settings
 from visionloop.contracts import DRIFT_EVENT, DRIFT_SUPPRESSED_EVENT, model_resource_id
-from visionloop.healing import alerts as healing
+from visionloop.healing import alerts
 
 
 @task(name="raise drift alert", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def raise_drift_alert(settings: Settings, payload: dict[str, Any]) -> healing.AlertDecision:
+def raise_drift_alert(settings: Settings, payload: dict[str, Any]) -> alerts.AlertDecision:
     """Record the alert; emit the retrain-triggering event only when the healing policy allows a retrain."""
-    decision = healing.decide_retrain(settings, payload)
+    decision = alerts.decide_retrain(settings, payload)
     name = settings.model_name
     emit_event(
         event=DRIFT_EVENT if decision.retrain else DRIFT_SUPPRESSED_EVENT,

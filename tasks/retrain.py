@@ -10,17 +10,16 @@ from prefect.cache_policies import NO_CACHE
 from visionloop.config import Settings
 from visionloop.contracts import PromotionRecord
 from visionloop.data import dvcrepo
-from visionloop.healing import alerts as healing
-from visionloop.healing import retrain
+from visionloop.healing import alerts, retrain
 from visionloop.healing.retrain import RetrainWorkspace
 from visionloop.models.registry import RegistryError
 from visionloop.promotion import promote as promotion
 
 
 @task(name="decide whether to retrain", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def decide(settings: Settings, verdict: dict[str, Any], flow_run_id: str | None) -> healing.AlertDecision:
+def decide(settings: Settings, verdict: dict[str, Any], flow_run_id: str | None) -> alerts.AlertDecision:
     """Record the alert; start a retrain unless one runs or the cooldown holds."""
-    return healing.decide_retrain(settings, verdict, flow_run_id)
+    return alerts.decide_retrain(settings, verdict, flow_run_id)
 
 
 @task(name="collect newly labeled production images", cache_policy=NO_CACHE)
@@ -79,4 +78,4 @@ def promote(settings: Settings, trigger: str, candidate_version: str | None = No
 @task(name="close alert", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def close_alert(settings: Settings, alert_id: str, outcome: str) -> None:
     """Record how the retrain ended."""
-    healing.AlertLog(settings.db_url).finish(alert_id, outcome)
+    alerts.AlertLog(settings.db_url).finish(alert_id, outcome)

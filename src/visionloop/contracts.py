@@ -12,7 +12,7 @@ who reads it, and its form. A change of form bumps ``SEAM_VERSION``.
 5. ``DriftVerdict``     written by monitoring; read by the alert and the retrain flow.
 6. Alert event         a Prefect event ``DRIFT_EVENT`` on resource ``model_resource_id(name)``, emitted only
                         when ``healing`` allows a retrain (else ``DRIFT_SUPPRESSED_EVENT``); every alert is
-                        also a row of the ``alerts`` table (``visionloop.healing``).
+                        also a row of the ``alerts`` table (``visionloop.healing.alerts``).
 7. ``PromotionRecord``  written by the gate and rollback; read by ``registry history`` and serving.
 """
 

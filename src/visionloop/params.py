@@ -10,7 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
 
 
 class Section(BaseModel):
@@ -26,10 +35,10 @@ class DataParams(Section):
     source: str
     raw_dir: str
     prepared_dir: str
-    image_size: int = Field(gt=0)
+    image_size: PositiveInt
     channels: Literal[1, 3]
-    min_side: int = Field(gt=0)
-    max_pixels: int = Field(gt=0)
+    min_side: PositiveInt
+    max_pixels: PositiveInt
     val_fraction: float = Field(ge=0, lt=1)
     test_fraction: float = Field(ge=0, lt=1)
 
@@ -41,7 +50,7 @@ class AugmentParams(Section):
 
 class ModelParams(Section):
     widths: list[int]
-    embedding_dim: int = Field(gt=0)
+    embedding_dim: PositiveInt
     dropout: float = Field(ge=0, lt=1)
 
 
@@ -49,15 +58,15 @@ Strategy = Literal["full", "fine_tuning", "feature_extraction"]
 
 
 class TrainParams(Section):
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    num_workers: int = Field(ge=0)
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+    num_workers: NonNegativeInt
     strategy: Strategy
     base: str | None
-    fine_tune_lr_factor: float = Field(gt=0)
-    fine_tune_blocks: int = Field(ge=0)
+    fine_tune_lr_factor: PositiveFloat
+    fine_tune_blocks: NonNegativeInt
     limit_train_fraction: float = Field(gt=0, le=1)
     origin_weights: dict[str, float]
 
@@ -82,40 +91,40 @@ class SliceParams(Section):
 class GateParams(Section):
     metric: str
     margin: float
-    class_tolerance: float = Field(ge=0)
-    slice_tolerance: float = Field(ge=0)
+    class_tolerance: NonNegativeFloat
+    slice_tolerance: NonNegativeFloat
     slices: SliceParams
-    production_window: int = Field(ge=0)
+    production_window: NonNegativeInt
 
 
 class RegistryParams(Section):
     model_name: str
     min_quality: QualityRule
     gate: GateParams
-    lock_timeout_seconds: float = Field(gt=0)
+    lock_timeout_seconds: PositiveFloat
 
 
 class ServingParams(Section):
     host: str
     port: int = Field(gt=0, lt=65536)
-    max_batch: int = Field(gt=0)
-    max_wait_ms: float = Field(ge=0)
-    max_payload_bytes: int = Field(gt=0)
-    max_pixels: int = Field(gt=0)
-    poll_seconds: float = Field(gt=0)
+    max_batch: PositiveInt
+    max_wait_ms: NonNegativeFloat
+    max_payload_bytes: PositiveInt
+    max_pixels: PositiveInt
+    poll_seconds: PositiveFloat
     token: str | None
-    max_images: int = Field(gt=0)
+    max_images: PositiveInt
     image_dir: str | None
-    log_queue: int = Field(gt=0)
+    log_queue: PositiveInt
     log_writer: Literal["process", "thread"]
-    torch_threads: int = Field(gt=0)
+    torch_threads: PositiveInt
 
 
 class BatchParams(Section):
-    batch_size: int = Field(gt=0)
-    shards: int = Field(gt=0)
-    num_workers: int = Field(ge=0)
-    part_size: int = Field(gt=0)
+    batch_size: PositiveInt
+    shards: PositiveInt
+    num_workers: NonNegativeInt
+    part_size: PositiveInt
     log_predictions: bool
     torch_threads: int | None
     input_dir: str
@@ -123,26 +132,26 @@ class BatchParams(Section):
 
 
 class MonitoringParams(Section):
-    window: int = Field(gt=0)
-    min_window: int = Field(gt=0)
+    window: PositiveInt
+    min_window: PositiveInt
     alpha: float = Field(gt=0, lt=1)
     critical_share: float = Field(gt=0, le=1)
     critical_distance: float = Field(gt=0, le=1)
-    outlier_images: int = Field(ge=0)
-    label_window: int = Field(gt=0)
-    min_labels: int = Field(gt=0)
-    degradation_threshold: float = Field(ge=0)
-    degradation_critical: float = Field(ge=0)
-    embedding_components: int = Field(gt=0)
+    outlier_images: NonNegativeInt
+    label_window: PositiveInt
+    min_labels: PositiveInt
+    degradation_threshold: NonNegativeFloat
+    degradation_critical: NonNegativeFloat
+    embedding_components: PositiveInt
     cron: str
 
 
 class RetrainParams(Section):
     strategy: Strategy
-    epochs: int = Field(gt=0)
+    epochs: PositiveInt
     origin_weights: dict[str, float]
-    cooldown_seconds: float = Field(ge=0)
-    max_runtime_seconds: float = Field(gt=0)
+    cooldown_seconds: NonNegativeFloat
+    max_runtime_seconds: PositiveFloat
 
 
 class SchedulesParams(Section):
@@ -153,7 +162,7 @@ class RuleParams(Section):
     """What every sampling rule of the labeling queue has; ``cap_per_hour: null`` means no cap."""
 
     cap_per_hour: int | None = Field(ge=0)
-    weight: float = Field(ge=0)
+    weight: NonNegativeFloat
 
 
 class LowConfidenceRule(RuleParams):
@@ -174,7 +183,7 @@ LabelErrorMethod = Literal["prune_by_noise_rate", "confident_joint"]  # see visi
 class ReviewParams(Section):
     method: LabelErrorMethod
     folds: int = Field(ge=2)
-    C: float = Field(gt=0)
+    C: PositiveFloat
     splits: list[Literal["train", "val", "test"]]
     output: str
 
@@ -184,8 +193,8 @@ class LabelingParams(Section):
     disagreement: RuleParams
     drift: DriftRule
     random: RandomRule
-    scan_overlap_seconds: float = Field(ge=0)
-    lease_seconds: float = Field(gt=0)
+    scan_overlap_seconds: NonNegativeFloat
+    lease_seconds: PositiveFloat
     review: ReviewParams
 
 

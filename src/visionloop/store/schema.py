@@ -42,12 +42,20 @@ def as_utc(moment: datetime) -> datetime:
 
 metadata = sa.MetaData()
 
+
+def event_columns() -> list[sa.Column]:
+    """The key of a logged event (a prediction, an alert): its id, when it happened and which model it concerns."""
+    return [
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
+        sa.Column("model_name", sa.String(200), nullable=False),
+    ]
+
+
 predictions_table = sa.Table(
     PREDICTIONS,
     metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
-    sa.Column("model_name", sa.String(200), nullable=False),
+    *event_columns(),
     sa.Column("model_version", sa.String(64), nullable=False, index=True),
     sa.Column("label", sa.String(200), nullable=False),
     sa.Column("confidence", sa.Float, nullable=False),
@@ -101,13 +109,11 @@ label_review_table = sa.Table(
 alerts_table = sa.Table(
     ALERTS,
     metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
-    sa.Column("model_name", sa.String(200), nullable=False),
+    *event_columns(),
     sa.Column("severity", sa.String(20), nullable=False),
     sa.Column("action", sa.String(40), nullable=False),  # see ACTIONS
     sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),  # the drift verdict summary (seams.DriftVerdict.summary)
+    sa.Column("payload", sa.Text, nullable=False),  # the drift verdict summary (contracts.DriftVerdict.summary)
     sa.Column("flow_run_id", sa.String(64), nullable=True),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("outcome", sa.Text, nullable=True),  # promoted v3 / refused: … / failed: …

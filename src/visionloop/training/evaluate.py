@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
 
+from visionloop.data.manifest import read_manifest
 from visionloop.models.bundle import ServableModel
+from visionloop.models.tracking import log_run
+from visionloop.training.datamodule import load_images
 
 
 @dataclass
@@ -168,9 +171,6 @@ def run_evaluation(
     settings, model_dir: Path, prepared_dir: Path, metrics_path: Path, plots_dir: Path, split: str = "test"
 ) -> Evaluation:
     """The ``evaluate`` stage: score the trained bundle on a split, write DVC outputs, log to the run."""
-    from visionloop.data.manifest import read_manifest
-    from visionloop.models.tracking import log_run
-    from visionloop.training.datamodule import load_images
 
     model = ServableModel.from_dir(model_dir)
     manifest = read_manifest(prepared_dir)

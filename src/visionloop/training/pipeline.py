@@ -10,7 +10,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from visionloop.config import Settings
+from visionloop.contracts import BUNDLE_FILES
+from visionloop.data.digits import import_digits
+from visionloop.data.manifest import metadata_columns, read_manifest
+from visionloop.data.prepare import prepare_from_settings
+from visionloop.models.bundle import ServableModel
+from visionloop.models.tracking import log_run
+from visionloop.monitoring.slice_report import slice_report
+from visionloop.promotion.promote import register_run
+from visionloop.training.datamodule import load_images
+from visionloop.training.evaluate import run_evaluation
+from visionloop.training.train import train
 
 MODEL_DIR = "models"
 METRICS_FILE = "metrics.json"
@@ -20,7 +33,6 @@ REGISTRATION_FILE = "reports/registration.json"
 
 def import_step(settings: Settings) -> int:
     """Write the embedded data set (sklearn digits) as PNG files; returns the number written."""
-    from visionloop.data.digits import import_digits
 
     data = settings.params.data
     return import_digits(settings.path(data.raw_dir), data.image_size)
@@ -28,19 +40,16 @@ def import_step(settings: Settings) -> int:
 
 def prepare_step(settings: Settings):
     """Validate, canonicalise and split the source images; quarantine what is bad."""
-    from visionloop.data.prepare import prepare_from_settings
 
     return prepare_from_settings(settings)
 
 
 def train_step(settings: Settings, trigger: str = "cli", **kwargs: Any):
-    from visionloop.training.train import train
 
     return train(settings, out_dir=settings.path(MODEL_DIR), trigger=trigger, **kwargs)
 
 
 def evaluate_step(settings: Settings, model_dir: Path | None = None):
-    from visionloop.training.evaluate import run_evaluation
 
     return run_evaluation(
         settings,
@@ -53,14 +62,7 @@ def evaluate_step(settings: Settings, model_dir: Path | None = None):
 
 def slices_step(settings: Settings, model_dir: Path | None = None) -> tuple[Any, Path]:
     """Accuracy per slice of the trained model on the test split (`evaluate --slices`), logged to its run."""
-    import pandas as pd
 
-    from visionloop.contracts import BUNDLE_FILES
-    from visionloop.data.manifest import metadata_columns, read_manifest
-    from visionloop.models.bundle import ServableModel
-    from visionloop.models.tracking import log_run
-    from visionloop.monitoring.slice_report import slice_report
-    from visionloop.training.datamodule import load_images
 
     model_dir = model_dir or settings.path(MODEL_DIR)
     model = ServableModel.from_dir(model_dir, name=settings.model_name, version="trained")
@@ -79,7 +81,6 @@ def slices_step(settings: Settings, model_dir: Path | None = None) -> tuple[Any,
 
 def register_step(settings: Settings, trigger: str = "cli", model_dir: Path | None = None) -> dict[str, Any]:
     """Register the trained run's model; the first good one becomes champion."""
-    from visionloop.promotion.promote import register_run
 
     run = json.loads(((model_dir or settings.path(MODEL_DIR)) / "run.json").read_text())
     metrics = json.loads(settings.path(METRICS_FILE).read_text())

@@ -13,10 +13,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import numpy as np
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
 
 from visionloop.config import Settings
 from visionloop.contracts import BUNDLE_FILES, DataVersion
+from visionloop.data.lineage import data_version as compute_data_version
+from visionloop.data.lineage import git_commit, git_dirty
+from visionloop.data.manifest import read_manifest
+from visionloop.data.prepare import source_from_settings
+from visionloop.models.bundle import ServableModel
+from visionloop.models.cache import load_registered
+from visionloop.models.registry import is_model_uri
+from visionloop.models.tracking import flatten, open_run
+from visionloop.monitoring.features import build_reference_profile
+from visionloop.training.datamodule import ImageDataModule, class_names, load_images
+from visionloop.training.model import ImageClassifier, architecture_from_params
+from visionloop.training.preprocess import pipeline_to_json
 
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
 
@@ -52,8 +69,6 @@ class TrainResult:
 
 def load_base(base: str, settings: Settings) -> BaseWeights:
     """Read base weights from ``models:/…``, a bundle folder, a ``.pt`` state_dict or a Lightning ``.ckpt``."""
-    from visionloop.models.cache import load_registered
-    from visionloop.models.registry import is_model_uri
 
     if is_model_uri(base):
         model = load_registered(settings, base)
@@ -81,7 +96,6 @@ def load_base(base: str, settings: Settings) -> BaseWeights:
 
 def build_classifier(settings: Settings, classes: list[str], base: BaseWeights | None, strategy: str):
     """The LightningModule: fresh from params, or the base architecture with its weights loaded."""
-    from visionloop.training.model import ImageClassifier, architecture_from_params
 
     train_params = settings.params.train
     arch = {**base.config, "num_classes": len(classes)} if base else architecture_from_params(settings.params,
@@ -119,17 +133,7 @@ def train(
     run_name: str | None = None,
 ) -> TrainResult:
     """Train on the prepared data set, log the run to MLflow, write the model bundle to ``out_dir``."""
-    import mlflow
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import MLFlowLogger
 
-    from visionloop.data.lineage import data_version as compute_data_version
-    from visionloop.data.lineage import git_commit, git_dirty
-    from visionloop.data.manifest import read_manifest
-    from visionloop.data.prepare import source_from_settings
-    from visionloop.models.tracking import flatten, open_run
-    from visionloop.training.datamodule import ImageDataModule, class_names
 
     train_params = settings.params.train
     prepared_dir = prepared_dir or settings.path(settings.params.data.prepared_dir)
@@ -204,11 +208,7 @@ def train(
 
 
 def write_bundle(settings: Settings, model, classes: list[str], datamodule, out_dir: Path) -> Path:
-    """Write the bundle files (seams.BUNDLE_FILES) under ``out_dir``; the reference profile included."""
-    from visionloop.models.bundle import ServableModel
-    from visionloop.monitoring.features import build_reference_profile
-    from visionloop.training.datamodule import load_images
-    from visionloop.training.preprocess import pipeline_to_json
+    """Write the bundle files (contracts.BUNDLE_FILES) under ``out_dir``; the reference profile included."""
 
     root = out_dir
     (root / "bundle").mkdir(parents=True, exist_ok=True)
@@ -242,8 +242,6 @@ def write_test_set(rows, directory: Path) -> None:
 
 def log_servable_model(model, datamodule) -> None:
     """Log the pt2 pytorch-flavor model; a batch-2 input example keeps the batch dimension dynamic."""
-    import mlflow
-    import numpy as np
 
     x, _ = next(iter(datamodule.val_dataloader()))
     example = np.zeros((2, *x.shape[1:]), dtype=np.float32)
@@ -252,7 +250,6 @@ def log_servable_model(model, datamodule) -> None:
 
 
 def _log_data_report(prepared_dir: Path) -> None:
-    import mlflow
 
     for name in ("data_report.json", "data_report.png", "quarantine.csv"):
         if (prepared_dir / name).exists():
