@@ -58,7 +58,8 @@ def build_model(bundle: str | None, model_uri: str | None):
     from visionloop.batch.model import load_model
     from visionloop.config import Settings
     from visionloop.models.bundle import ServableModel
-    from visionloop.training.model import architecture_from_params, build_network
+    from visionloop.models.network import build_network
+    from visionloop.training.model import architecture_from_params
     from visionloop.training.preprocess import build_pipeline, pipeline_to_json
 
     settings = Settings.load()

@@ -13,24 +13,16 @@ from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, tags
-from prefect.client.orchestration import get_client
-from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows.story import retitle, tell_batch
 from tasks.batch import consolidate, list_inputs, predict_shard, resolve_model
 from visionloop.batch.inputs import shard_inputs
 from visionloop.batch.output import OutputLayout, expand_output
 from visionloop.batch.predict import BatchOptions
 from visionloop.config import Settings
 from visionloop.models.registry import version_uri
-
-
-def _tag_flow_run(run_tags: list[str]) -> None:
-    """Make the run findable by model version in the UI (tasks get the tags from ``tags()``)."""
-    if flow_run.id:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(flow_run.id, tags=sorted({*flow_run.tags, *run_tags}))
 
 
 @flow(name="batch_inference", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -49,12 +41,18 @@ def batch_inference(
     """
     settings = Settings.load(project_dir)
     options = settings.params.batch
+    source = str(settings.path(input_path))
+    # No input (a fresh project has no data/incoming) is nothing to do: a completed run that says so, before
+    # even a champion is needed.
+    if not list_inputs(source, []):
+        return _nothing_to_do(source)
     name, version = resolve_model(settings, model_uri)
     run_tags = [f"model:{name}", f"model_version:{name}/{version}"]
-    _tag_flow_run(run_tags)
-    source = str(settings.path(input_path))
+    retitle(f"batch_inference {name} v{version}: running", run_tags)  # findable by model version while it runs
     output = OutputLayout(expand_output(settings.path(output_path), name, version))
     keys = list_inputs(source, [str(output.output), str(output.parts_dir)])
+    if not keys:  # the input holds only this job's own output
+        return _nothing_to_do(source)
     count = max(1, min(shards or options.shards, len(keys)))
     shard_options = asdict(BatchOptions.from_params(settings.params))
     use_log = options.log_predictions if log_predictions is None else log_predictions
@@ -70,8 +68,19 @@ def batch_inference(
     totals = {key: sum(s[key] for s in summaries) for key in ("total", "skipped", "ok", "errors", "logged")}
     print(f"{name} v{version}: {len(keys)} inputs in {count} shard(s); {totals['ok']} ok, {totals['errors']} errors, "
           f"{totals['skipped']} already done; {rows} rows in {output.output}")
-    return {"model_name": name, "model_version": version, "output": str(output.output), "rows": rows,
-            "shards": summaries, **totals}
+    result = {"status": "done", "model_name": name, "model_version": version, "output": str(output.output),
+              "rows": rows, "shards": summaries, **totals}
+    tell_batch(settings, name, version, result)
+    return result
+
+
+def _nothing_to_do(source: str) -> dict[str, Any]:
+    """The result of a run that found no input: completed, nothing predicted."""
+    message = f"nothing to do: batch input {source} does not exist or holds no images"
+    print(message)
+    retitle("batch_inference: nothing to do", ["outcome:nothing-to-do"])
+    return {"status": "nothing_to_do", "message": message, "input": source, "rows": 0, "shards": [],
+            **dict.fromkeys(("total", "skipped", "ok", "errors", "logged"), 0)}
 
 
 if __name__ == "__main__":

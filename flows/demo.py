@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from visionloop.config import Settings
-from visionloop.stack import up
+from visionloop.stack import StackUrls, up
 
 DRIFT = ("new_camera", 2)  # blur + washed-out contrast + noise: ~17 % accuracy for a clean-trained v1
 FEEDBACK_SPLIT = "val"  # drifted traffic from these images gets feedback labels; the test images' stays held out
@@ -177,20 +177,36 @@ def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[di
                      "how": f"drift alert → automation → retrain ({retrain_run.name})"})
         return rows
     finally:
-        print_summary(rows, log, urls, settings)
+        print_summary(rows, log, urls, settings, kept=keep)
         if not keep:
             from visionloop.stack import down
 
             down(settings, echo=lambda m: log(f"stack: {m}"))
 
 
-def print_summary(rows: list[dict], log: Timeline, urls, settings: Settings) -> None:
+def print_summary(rows: list[dict], log: Timeline, urls: StackUrls, settings: Settings, *, kept: bool) -> None:
     echo = log.echo
     echo("\n version | serving from | accuracy clean | accuracy drifted (held out) | how it got there")
     echo(" ------- | ------------ | -------------- | --------------------------- | ----------------")
     for row in rows:
         echo(f" v{row['version']:<6} | {row['serving_since']:10.0f} s | {row['clean']:14.3f} | "
              f"{row['drifted']:27.3f} | {row['how']}")
-    echo(f"\nTook {time.monotonic() - log.start:.0f} s. Browse it: `visionloop up`, then Prefect {urls.prefect_ui} "
-         f"(flow runs, the retrain automation), MLflow {urls.mlflow} (runs, registry '{settings.model_name}'), "
-         f"Evidently {urls.evidently} (drift over time).")
+    echo(f"\nTook {time.monotonic() - log.start:.0f} s.")
+    for line in stack_addresses(urls, settings, kept=kept):
+        echo(line)
+
+
+def stack_addresses(urls: StackUrls, settings: Settings, *, kept: bool) -> list[str]:
+    """Where to look at what the demo did: the running stack's addresses with ``--keep``, else how to start it."""
+    if not kept:
+        return ["The stack is stopped. `visionloop up` starts it again to browse the runs, the registry and "
+                "the reports; `visionloop demo --keep` leaves it running."]
+    reports = settings.state_dir / "monitoring"
+    return [
+        "The stack is still running (`visionloop down` stops it):",
+        f"  Prefect    {urls.prefect_ui}/runs  (flow runs, the retrain automation)",
+        f"  MLflow     {urls.mlflow}/#/models/{settings.model_name}  (runs, registry '{settings.model_name}')",
+        f"  Evidently  {urls.evidently}  (drift over time)",
+        f"  serving    {urls.serve}/  (try the model) · {urls.serve}/docs (API) · {urls.serve}/label (labeling)",
+        f"  reports    {reports}/*/index.html  (each drift check)",
+    ]

@@ -1,5 +1,6 @@
-"""The monitor flow: champion → prediction window → drift check → report → performance on labels → alert →
-labeling queue."""
+"""The monitor flow: champion → anything new? → prediction window → drift check → report → performance on labels →
+alert → labeling queue → the check recorded. A run that finds nothing new since the last check says so, nothing
+else."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ from typing import Any
 
 from prefect import flow, tags
 
+from flows.story import retitle, tell_monitor
 from tasks.alerts import raise_drift_alert
 from tasks.monitor import (
     add_snapshot,
     check_drift,
     check_performance,
     find_champion,
+    find_news,
     load_model,
     log_report,
     queue_for_labeling,
     read_window,
+    record_check,
     save_report,
 )
 from visionloop.config import Settings
 from visionloop.models.registry import version_uri
-from visionloop.monitoring.monitor import alert_payload
+from visionloop.monitoring.monitor import alert_payload, stale_result
 from visionloop.monitoring.outputs import new_output_dir
 
 
@@ -42,10 +46,18 @@ def monitor(
     version = find_champion(settings)
     if version is None:
         print(f"nothing to monitor: {name} has no champion yet")
+        retitle(f"monitor {name}: no champion yet", ["outcome:no-model"])
         return {"status": "no_model", "message": f"{name} has no champion yet", "alert": None, "alert_raised": False,
                 "labeling": None}
     with tags(f"model:{name}", f"version:{version}"):
         champion = load_model(settings, version_uri(name, version))
+        mark, stale = find_news(settings, champion)
+        if stale:
+            result = stale_result(champion, mark)
+            print(result.message)
+            tell_monitor(settings, result, None)
+            return {**result.to_dict(), "alert_raised": False, "alert_action": None, "alert_id": None,
+                    "labeling": None}
         frame = read_window(settings, champion, window, since)
         result = check_drift(settings, champion, frame)
         print(result.message)
@@ -66,8 +78,10 @@ def monitor(
         queued = queue_state.result().to_dict() if queue_state.is_completed() else None
         print(f"labeling queue: {queued['total_queued']} images queued from {queued['examined']} new predictions"
               if queued else f"labeling queue not updated: {queue_state.message}")
+        record_check(settings, result, mark)
     if decision is not None:
         print(f"alert raised ({payload['severity']}, {payload['cause']}): {decision.action}, {decision.reason}")
+    tell_monitor(settings, result, decision)
     return {
         **result.to_dict(),
         "alert": payload,

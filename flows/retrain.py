@@ -1,4 +1,8 @@
-"""The retrain flow: a drift alert → new data version → fine-tuned challenger → promotion gate."""
+"""The retrain flow: a drift alert → new data version → fine-tuned challenger → the ``promote`` flow's gate.
+
+The gate runs as the ``promote`` flow itself, a subflow: in Prefect's UI every retrain shows its promotion
+run (the same flow ``visionloop promote`` and the ``promote`` deployment run on demand).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,21 @@ from typing import Any
 
 from prefect import flow, runtime, tags
 
+from flows.promote import promote
+from flows.story import retitle, retrain_title, tell_promotion
 from tasks.retrain import (
     close_alert,
     collect_labeled,
     decide,
     evaluate_challenger,
     prepare_snapshot,
-    promote,
     push_data,
     register_challenger,
     snapshot_data,
     train_challenger,
 )
 from visionloop.config import Settings
+from visionloop.contracts import PromotionRecord
 from visionloop.data import dvcrepo
 from visionloop.healing.alerts import RETRAIN_STARTED
 from visionloop.healing.retrain import RetrainWorkspace
@@ -39,6 +45,8 @@ def retrain(verdict: dict[str, Any] | None = None, trigger: str = "manual", proj
         decision = decide(settings, verdict, run_id)
         if not decision.retrain:
             print(f"alert recorded, no retrain: {decision.reason}")
+            retitle(f"retrain {settings.model_name}: no retrain ({decision.action.replace('_', ' ')})",
+                    ["decision:no-retrain", f"alert:{decision.action}"])
             return {"retrained": False, "action": decision.action, "reason": decision.reason}
         alert_id = decision.alert_id
 
@@ -56,12 +64,17 @@ def retrain(verdict: dict[str, Any] | None = None, trigger: str = "manual", proj
             train_challenger(settings, workspace, snapshot, base, trigger=f"retrain:{trigger}")
             metrics = evaluate_challenger(settings, workspace)
             registered = register_challenger(settings, workspace, metrics, trigger=f"retrain:{trigger}")
-            record = promote(settings, trigger=f"retrain:{trigger}", candidate_version=str(registered.version))
-        outcome = f"{record.decision} v{registered.version}: {record.reason}"
+            record = promote(candidate_version=str(registered.version), trigger=f"retrain:{trigger}",
+                             project_dir=str(settings.root))
+        outcome = f"{record['decision']} v{registered.version}: {record['reason']}"
+        decided = PromotionRecord(**record)
+        tell_promotion(settings, decided, retrain_title(decided), registered.run_id, facts=[
+            f"{len(additions)} new labeled images → data version {snapshot.data_version.dvc_hash}",
+            f"challenger v{registered.version}: test accuracy {metrics['accuracy']:.4f} on the new data version"])
         print(f"{len(additions)} new labeled images → data {snapshot.data_version.dvc_hash}; "
               f"challenger v{registered.version} accuracy {metrics['accuracy']:.4f}; {outcome}")
         return {"retrained": True, "data_version": snapshot.data_version.dvc_hash,
-                "version": str(registered.version), "decision": record.decision, "reason": record.reason,
+                "version": str(registered.version), "decision": record["decision"], "reason": record["reason"],
                 "metrics": metrics, "n_added": len(additions)}
     finally:
         close_alert(settings, alert_id, outcome)

@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow, tags
 
+from flows.story import tell_training
 from tasks.training import (
     evaluate_model,
     import_data,
@@ -40,6 +41,7 @@ def training(project_dir: str | None = None, epochs: int | None = None, trigger:
         if dvcrepo.is_dvc_repo(settings.root) and not overrides:
             record_in_dvc(settings, STAGES if embedded else STAGES[1:])
             push_data(settings)
+    tell_training(settings, result["run_id"], version.dvc_hash, metrics, registration)
     print(f"trained run {result['run_id']} on data {version.dvc_hash}: "
           f"accuracy {metrics['accuracy']:.4f}, registered v{registration['version']} {registration['aliases']}")
     return {"run_id": result["run_id"], "data_version": version.dvc_hash, "metrics": metrics,

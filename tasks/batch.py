@@ -8,23 +8,28 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.retry import retry_unless
 from visionloop.batch import inputs, output
 from visionloop.batch.model import load_model, pin_model_uri
 from visionloop.batch.predict import BatchOptions, predict_batch
 from visionloop.config import Settings
+from visionloop.models.registry import RegistryError
 from visionloop.store.predlog import PredictionLog
 
 
-@task(name="resolve model version", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="resolve model version", retries=3, retry_delay_seconds=5, retry_condition_fn=retry_unless(RegistryError),
+      cache_policy=NO_CACHE)
 def resolve_model(settings: Settings, model_uri: str | None) -> tuple[str, str]:
     """Pin an alias to one version, so every shard loads the same model."""
     return pin_model_uri(settings, model_uri)
 
 
-@task(name="list batch inputs", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+# A malformed manifest stays malformed: only I/O errors are worth a retry.
+@task(name="list batch inputs", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless(ValueError),
+      cache_policy=NO_CACHE)
 def list_inputs(input_path: str, exclude: list[str]) -> list[str]:
-    """The input keys in a deterministic order."""
-    return inputs.list_inputs(input_path, exclude=exclude)
+    """The input keys in a deterministic order; none when the input does not exist or is empty."""
+    return inputs.pending_inputs(input_path, exclude=exclude)
 
 
 # Retrying is safe: a shard resumes from its committed parts and writes nothing twice.

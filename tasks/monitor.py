@@ -14,7 +14,7 @@ from visionloop.contracts import DriftVerdict
 from visionloop.labeling import scan
 from visionloop.labeling.scan import EnqueueResult
 from visionloop.models import registry
-from visionloop.monitoring import evidently_report, monitor, monitored, performance, reports
+from visionloop.monitoring import checks, evidently_report, monitor, monitored, performance, reports
 from visionloop.monitoring.evidently_report import Snapshot
 from visionloop.monitoring.monitor import MonitorResult
 from visionloop.monitoring.monitored import MonitoredModel
@@ -31,6 +31,19 @@ def find_champion(settings: Settings) -> str | None:
 def load_model(settings: Settings, model_uri: str) -> MonitoredModel:
     """The version to watch; its bundle is downloaded once per version."""
     return monitored.load_monitored(settings, model_uri)
+
+
+@task(name="look for new predictions", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def find_news(settings: Settings, watched: MonitoredModel) -> tuple[checks.Watermark, bool]:
+    """The log's watermark for the watched version, and whether its last check already judged it."""
+    return checks.nothing_new(settings.db_url, watched.name, watched.version)
+
+
+@task(name="record the check", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def record_check(settings: Settings, result: MonitorResult, mark: checks.Watermark) -> None:
+    """What this check judged, so the next one with nothing new does nothing."""
+    checks.record_check(settings.db_url, result.model_name, result.model_version, mark, result.status,
+                        result.mlflow_run_id)
 
 
 @task(name="read prediction window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

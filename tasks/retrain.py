@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.retry import retry_unless
 from visionloop.config import Settings
 from visionloop.contracts import PromotionRecord
 from visionloop.data import dvcrepo
@@ -64,12 +65,9 @@ def register_challenger(settings: Settings, workspace: RetrainWorkspace, metrics
     return retrain.register_challenger(settings, workspace, metrics, trigger)
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry MLflow hiccups, not the registry's own refusals (nothing to promote, no champion...)."""
-    return not isinstance(state.result(raise_on_failure=False), RegistryError)
-
-
-@task(name="promotion gate", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+# Retry MLflow hiccups, not the registry's own refusals (nothing to promote, no champion...).
+@task(name="promotion gate", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless(RegistryError),
+      cache_policy=NO_CACHE)
 def promote(settings: Settings, trigger: str, candidate_version: str | None = None) -> PromotionRecord:
     """Champion vs challenger on the frozen gate set; promote only a clear, safe win."""
     return promotion.promote(settings, trigger=trigger, candidate_version=candidate_version)

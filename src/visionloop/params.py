@@ -114,9 +114,13 @@ class ServingParams(Section):
     poll_seconds: PositiveFloat
     token: str | None
     max_images: PositiveInt
+    max_request_pixels: PositiveInt
+    max_body_bytes: PositiveInt
+    allowed_hosts: list[str]
     image_dir: str | None
     log_queue: PositiveInt
     log_writer: Literal["process", "thread"]
+    drain_seconds: NonNegativeFloat
     torch_threads: PositiveInt
 
 

@@ -217,6 +217,10 @@ def test_review_corrects_a_disputed_training_label_into_a_new_snapshot(
     items = httpx.get(f"{served.url}/label/review/items", params={"limit": 1000}).json()["items"]
     by_sha = {item["sha256"]: item for item in items}
     assert page.locator(".suspect").count() == min(len(items), 60) > 0
+    prepared = len(pd.read_csv(served.settings.path("data/prepared/manifest.csv")))
+    computed = page.text_content("#computed")
+    assert computed.startswith("Computed ") and "unknown" not in computed, computed
+    assert f"over {prepared} prepared images" in computed, computed  # labeling.review.splits: every split
     page.wait_for_timeout(300)  # let the thumbnails arrive
     page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
 
@@ -254,3 +258,28 @@ def test_review_corrects_a_disputed_training_label_into_a_new_snapshot(
     remaining = {item["sha256"] for item in again["items"]}
     assert target not in remaining and other not in remaining
     page.close()
+
+
+def test_api_docs_render_with_the_network_blocked(served: Served, browser: Any) -> None:
+    """/docs lists the operations of /openapi.json while every request off the loopback is refused."""
+    context = browser.new_context()
+    refused: list[str] = []
+
+    def only_loopback(route: Any) -> None:
+        if route.request.url.startswith(served.url):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.goto(f"{served.url}/docs")
+    page.wait_for_selector("body[data-state=ready]")
+    predict = page.locator("details.op[data-path='/predict'][data-method=post]")
+    assert predict.is_visible() and "/predict" in predict.inner_text()
+    predict.locator("summary").click()
+    assert "Request body" in predict.inner_text() and "200" in predict.inner_text()
+    assert page.locator("details.op[data-path='/label/next']").count() == 1
+    assert refused == []
+    context.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -22,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.project import VENV_BIN, copy_project, run
-from helpers.server import wait_for
+from helpers.server import stop_group, wait_for
 
 from visionloop.config import Settings
 
@@ -57,12 +56,7 @@ def wait_http(url: str, timeout: float) -> None:
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    stop_group(process, timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from sklearn.datasets import load_digits
 from helpers.project import repo_params
 from visionloop.contracts import BUNDLE_FILES
 from visionloop.models.bundle import ServableModel
+from visionloop.models.network import build_network
 from visionloop.monitoring.features import fit_reduction
-from visionloop.training.model import build_network
 from visionloop.training.preprocess import build_pipeline, pipeline_to_json, to_tensor_batch
 
 N_TRAIN = 1500  # the trained digits CNN learns from digits 0..1499; 1500.. are held out
@@ -33,15 +33,22 @@ def eval_transform_json() -> str:
 
 
 def tiny_model(
-    classes: Sequence[str], version: str = "1", *, seed: int = 0, always: int | None = None, outputs: int | None = None
+    classes: Sequence[str],
+    version: str = "1",
+    *,
+    seed: int = 0,
+    always: int | None = None,
+    outputs: int | None = None,
+    channels: int = 1,
 ) -> ServableModel:
     """A small untrained CNN: the real plumbing, meaningless answers.
 
     ``always`` sets the head so that every answer is that class index; ``outputs`` gives the
-    network another number of output units than classes (a model that cannot be served).
+    network another number of output units than classes (a model that cannot be served); ``channels``
+    is what it takes (1 grayscale, 3 RGB).
     """
     torch.manual_seed(seed)
-    config = {"num_classes": outputs or len(classes), "in_channels": 1, "widths": [4, 8], "embedding_dim": 16,
+    config = {"num_classes": outputs or len(classes), "in_channels": channels, "widths": [4, 8], "embedding_dim": 16,
               "dropout": 0.0}
     network = build_network(config)
     if always is not None:

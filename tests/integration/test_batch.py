@@ -311,3 +311,18 @@ def test_flow_with_two_shards_matches_the_single_process_call(tmp_path: Path, di
     b = read_output(tmp_path / "single").sort_values("path").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, atol=1e-5)
     assert set(a["model_version"]) == {str(version)}
+
+
+def test_scheduled_run_without_input_has_nothing_to_do(make_project) -> None:
+    """The nightly schedule on a fresh project (no data/incoming, no champion yet): a completed run saying so."""
+    from flows.batch_inference import batch_inference
+
+    settings = Settings.load(make_project())
+    batch = settings.params.batch
+    assert not settings.path(batch.input_dir).exists()
+    state = batch_inference(batch.input_dir, batch.output_dir, project_dir=str(settings.root), return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["status"] == "nothing_to_do" and result["rows"] == 0 and "does not exist" in result["message"]
+    settings.path(batch.input_dir).mkdir(parents=True)  # an empty folder is nothing to do as well
+    assert batch_inference(batch.input_dir, batch.output_dir, project_dir=str(settings.root))["total"] == 0

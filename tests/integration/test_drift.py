@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +32,12 @@ from visionloop.monitoring.drift import (
 )
 from visionloop.monitoring.evidently_report import (
     check_drift,
+    drift_report,
+    evidence,
     evidently_column_results,
     evidently_dataset_drift,
     save_report_html,
+    shown_features,
 )
 from visionloop.monitoring.reports import embedding_outliers
 
@@ -191,8 +198,10 @@ def test_verdict_agrees_with_evidently(reference: pd.DataFrame, evidently_runs) 
     for name, (current, verdict, snapshot) in evidently_runs.items():
         fast = run_drift_tests(reference, current, THRESHOLDS)
         columns = evidently_column_results(snapshot)
-        assert len(columns) == 20
+        assert set(columns) == {f.feature for f in shown_features(verdict)}
         for from_report, computed in zip(verdict.features, fast.features, strict=True):
+            if from_report.feature not in columns:
+                continue
             method, p_value, drifted = columns[from_report.feature]
             assert method == computed.test == from_report.test  # ks even with a 1,500-row reference
             assert p_value == pytest.approx(computed.p_value, rel=1e-9, abs=1e-300)
@@ -203,6 +212,80 @@ def test_verdict_agrees_with_evidently(reference: pd.DataFrame, evidently_runs) 
         assert verdict.severity == fast.severity
     assert not evidently_runs["same"][1].drift
     assert {"emb_0", "width"} <= set(evidently_runs["shifted"][1].drifted_features)
+
+
+def test_report_thresholds_read_as_evidence_not_rounded_p_values(evidently_runs) -> None:
+    """A per-test threshold of 0.05 / 20 = 0.0025 printed by Evidently with two decimals read "0.00";
+    the report scores -log10(p) against -log10(0.0025) = 2.60."""
+    for _, verdict, snapshot in evidently_runs.values():
+        descriptions = {
+            t["metric_config"]["params"]["column"]: t["description"]
+            for t in snapshot.dict()["tests"]
+            if t["metric_config"]["params"].get("type", "").endswith(":ValueDrift")
+        }
+        assert descriptions
+        for f in shown_features(verdict):
+            text = descriptions[f.feature]
+            assert "threshold is 2.60" in text and "-log10(p-value)" in text, text
+            assert f"Drift score is {evidence(f.p_value):0.2f}" in text
+        assert not any("threshold is 0.00" in text for text in descriptions.values())
+
+
+def test_report_leaves_out_unchanged_constants_and_puts_the_strongest_evidence_first(evidently_runs) -> None:
+    constants = {"width", "height", "aspect", "colourfulness"}
+    _, same_verdict, same = evidently_runs["same"]
+    assert not constants & set(evidently_column_results(same))
+    assert constants <= {f.feature for f in same_verdict.features}  # still tested by the verdict
+    assert "width" in same.to_snapshot_model().metadata["not_shown"]
+    _, verdict, shifted = evidently_runs["shifted"]
+    order = [m["config"]["column"] for m in shifted.dict()["metrics"] if m["config"]["type"].endswith(":ValueDrift")]
+    assert set(order) == set(evidently_column_results(shifted)) and "width" in order  # a changed constant shows
+    p_values = {f.feature: f.p_value for f in verdict.features}
+    assert [p_values[c] for c in order] == sorted(p_values[c] for c in order)
+    assert order[0] in {"emb_0", "width"}
+
+
+def test_workspace_dashboard_charts_severity_version_and_top_features(evidently_runs, tmp_path: Path) -> None:
+    """The dashboard's panels name metrics the snapshots hold (what Evidently's series match on)."""
+    from evidently.ui.workspace import Workspace
+
+    from visionloop.monitoring.evidently_report import SEVERITY_COLUMN, VERSION_COLUMN, refresh_dashboard, top_features
+
+    _, verdict, snapshot = evidently_runs["same"]
+    workspace = Workspace.create(str(tmp_path / "evidently"))
+    project = workspace.create_project("digits-cnn")
+    workspace.add_run(project.id, snapshot, include_data=False)
+    refresh_dashboard(project, top_features(snapshot))
+    (stored,) = Workspace.create(str(tmp_path / "evidently")).search_project("digits-cnn")
+    panels = stored.dashboard.model().panels
+    titles = " | ".join(p.title for p in panels)
+    assert "Severity" in titles and "Model version" in titles and "Top features" in titles
+    metrics = snapshot.dict()["metrics"]
+
+    def value_of(metric: str, labels: dict[str, str]) -> object:
+        """The value a series with these labels reads (``value_type`` picks a field of a several-value metric)."""
+        config = {k: v for k, v in labels.items() if k != "value_type"}
+        (match,) = [
+            m["value"] for m in metrics if m["config"]["type"] == metric and config.items() <= m["config"].items()
+        ]
+        return match[labels["value_type"]] if "value_type" in labels else match
+
+    for panel in panels:
+        for value in panel.values:
+            value_of(value.metric, value.metric_labels)  # exactly one metric in the snapshot feeds each series
+    mean = "evidently:metric_v2:MeanValue"
+    assert value_of(mean, {"column": SEVERITY_COLUMN}) == 0 and verdict.severity == "none"
+    assert value_of(mean, {"column": VERSION_COLUMN}) == 3
+    assert top_features(snapshot) == [f.feature for f in shown_features(verdict)][:5]
+    assert {"severity none", "model v3"} <= set(snapshot.to_snapshot_model().tags)
+
+
+def test_a_report_that_disagrees_with_the_verdict_is_refused(reference: pd.DataFrame, evidently_runs) -> None:
+    """The report shows the verdict computed once with scipy; Evidently's own run of the tests must agree."""
+    current, verdict, _ = evidently_runs["shifted"]
+    flipped = [replace(f, drifted=not f.drifted) if f.feature == "emb_0" else f for f in verdict.features]
+    with pytest.raises(RuntimeError, match="emb_0"):
+        drift_report(reference, current, replace(verdict, features=flipped))
 
 
 def test_verdict_json_has_the_documented_fields(evidently_runs) -> None:
@@ -334,3 +417,53 @@ def test_cli_errors_exit_non_zero(cli, folders, tmp_path: Path) -> None:
     assert missing.exit_code != 0 and "not a directory" in missing.output
     empty = cli(folders["reference"], write_images(tmp_path / "empty", []))
     assert empty.exit_code != 0 and "no readable image" in empty.output
+
+
+# What `visionloop drift --json` prints, and the heavy packages it imported (a fresh process, as a user runs it).
+IMPORTS_OF_THE_CLI = """
+import json, sys
+from visionloop.cli.main import app
+try:
+    app()
+finally:
+    heavy = ("evidently", "pytorch_lightning", "lightning", "torchmetrics", "torch")
+    print(json.dumps(sorted(name for name in heavy if name in sys.modules)), file=sys.stderr)
+"""
+
+
+def drift_in_a_fresh_process(tmp_path: Path, *args: object) -> tuple[dict, list[str]]:
+    """The verdict ``visionloop drift ... --json`` prints, and which heavy packages the process imported."""
+    env = {**os.environ, "VISIONLOOP_PROJECT_DIR": str(REPO), "VISIONLOOP_STATE_DIR": str(tmp_path / "state")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF_THE_CLI, "drift", *map(str, args), "--json"],
+        env=env, capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def test_cli_json_imports_no_evidently_nor_lightning_and_agrees_with_the_report(
+    cli, folders, tmp_path: Path
+) -> None:
+    """`drift --json` computes the verdict with scipy: Evidently (and its report) only with --report,
+    Lightning never (inference needs the network, not the training stack), torch only with a model."""
+    stats_only, imported = drift_in_a_fresh_process(tmp_path, folders["reference"], folders["dark"], "--stats-only")
+    assert imported == [] and stats_only["drift"]
+
+    bundle = save_bundle(tiny_model(["zero", "one", "two"]), tmp_path / "bundle")
+    fast, imported = drift_in_a_fresh_process(tmp_path, folders["reference"], folders["dark"], "--model", bundle)
+    assert imported == ["torch"]
+
+    html = tmp_path / "report.html"
+    with_report = cli(folders["reference"], folders["dark"], "--model", bundle, "--json", "--report", html)
+    assert with_report.exit_code == 0, with_report.output
+    assert html.stat().st_size > 100_000
+    report = json.loads(with_report.stdout)
+    assert (fast["drift"], fast["severity"], fast["drifted_features"]) == (
+        report["drift"], report["severity"], report["drifted_features"]
+    )
+    assert fast["drift"] and "brightness" in fast["drifted_features"]
+    for a, b in zip(fast["features"], report["features"], strict=True):
+        assert (a["feature"], a["test"], a["drifted"]) == (b["feature"], b["test"], b["drifted"])
+        assert a["p_value"] == pytest.approx(b["p_value"], rel=1e-9, abs=1e-300)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -44,7 +45,7 @@ def setup(tmp_path: Path, plog: PredictionLog) -> dict[str, Any]:
     add_routes(app, settings)  # the real routes, over a stand-in model and log:
     app.dependency_overrides[serving_model] = lambda: state["model"]
     app.dependency_overrides[open_log] = lambda: state["log"]
-    state["client"] = TestClient(app)
+    state["client"] = TestClient(app, base_url="http://127.0.0.1")  # a loopback Host: guards refuse others
     state["auth"] = {"Authorization": f"Bearer {TOKEN}"}
     return state
 
@@ -106,3 +107,61 @@ def test_unavailable_log_or_model_is_a_503(setup: dict[str, Any]) -> None:
     setup["log"] = None
     answer = client.get("/label/next", headers=auth)
     assert answer.status_code == 503 and "unavailable" in answer.json()["detail"]
+
+
+def test_a_label_from_a_session_whose_lease_went_to_another_labeler_is_refused(setup: dict[str, Any]) -> None:
+    client, auth, plog = setup["client"], setup["auth"], setup["log"]
+    first = client.get("/label/next", params={"session": "tab-1"}, headers=auth).json()["item"]["prediction_id"]
+    queue = LabelQueue(plog, LabelingRules.from_settings(client.app.state.labeling.settings))
+    later = datetime.now(UTC) + timedelta(seconds=queue.rules.params.lease_seconds + 1)
+    assert queue.next_item(claimant="tab-2", now=later).prediction_id == first  # tab-1's lease ran out
+    for path, body in [(f"/label/{first}", {"label": "1"}), (f"/label/{first}/skip", None),
+                       (f"/label/{first}/invalid", None)]:
+        late = client.post(path, params={"session": "tab-1"}, json=body, headers=auth)
+        assert late.status_code == 409 and "held by another labeler" in late.json()["detail"], path
+    assert plog.get(first).feedback_label is None and queue.get(first)["state"] == "queued"
+    stored = client.post(f"/label/{first}", params={"session": "tab-2"}, json={"label": "1"}, headers=auth)
+    assert stored.status_code == 200 and plog.get(first).feedback_label == "1"
+
+
+def test_undo_takes_back_the_last_answer(setup: dict[str, Any]) -> None:
+    """A label is removed from the log and the image queued again, held for the undoing tab; so is a skip."""
+    client, auth, plog = setup["client"], setup["auth"], setup["log"]
+    first, second, _third = (r.id for r in setup["records"])
+    assert client.post(f"/label/{first}", json={"label": "1"}, headers=auth).status_code == 200
+    assert client.post(f"/label/{second}/skip", headers=auth).status_code == 200
+    assert client.post(f"/label/{first}/undo", params={"session": "tab-1"}, headers=auth).json()["state"] == "queued"
+    assert plog.get(first).feedback_label is None and plog.get(first).feedback_at is None
+    progress = client.get("/metrics/labeling").json()
+    assert progress["labeled"] == 0 and progress["queued"] == 2  # not re-marked labeled by sync_feedback
+    assert client.get("/label/next", params={"session": "tab-2"}, headers=auth).json()["item"]["prediction_id"] != first
+    again = client.get("/label/next", params={"session": "tab-1"}, headers=auth).json()["item"]
+    assert again["prediction_id"] == first  # the undoing tab sees it next
+    assert client.post(f"/label/{second}/undo", headers=auth).status_code == 200
+    assert client.get("/metrics/labeling").json()["skipped"] == 0
+    assert client.post(f"/label/{second}/undo", headers=auth).status_code == 409  # queued: nothing to undo
+    assert client.post("/label/nope/undo", headers=auth).status_code == 404
+
+
+def test_review_image_answers_404_with_a_reason_and_never_a_server_path(setup: dict[str, Any], tmp_path: Path) -> None:
+    from visionloop.data.manifest import read_manifest
+    from visionloop.data.prepare import prepare
+    from visionloop.labeling.suspects import prepared_dir
+
+    client, auth = setup["client"], setup["auth"]
+    missing = client.get("/label/review/image/abc", headers=auth)  # nothing prepared yet
+    assert missing.status_code == 404 and "visionloop data prepare" in missing.json()["detail"]
+    assert str(tmp_path) not in missing.text
+
+    source = tmp_path / "source"
+    for i in range(4):
+        (source / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        save_png(np.full((8, 8), i * 40, dtype=np.uint8), source / str(i % 2) / f"{i}.png")
+    out = prepared_dir(client.app.state.labeling.settings)
+    prepare(source, out, channels=1, min_side=4, max_pixels=10_000, val_fraction=0.25, test_fraction=0.25, seed=0)
+    row = read_manifest(out).iloc[0]
+    sha = row["sha256"]
+    assert client.get(f"/label/review/image/{sha}", headers=auth).status_code == 200
+    Path(row["abs_path"]).unlink()
+    gone = client.get(f"/label/review/image/{sha}", headers=auth)
+    assert gone.status_code == 404 and "missing" in gone.json()["detail"] and str(tmp_path) not in gone.text

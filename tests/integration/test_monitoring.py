@@ -138,6 +138,16 @@ def test_drifted_traffic_is_reported_logged_and_alerted(
     assert run.data.metrics["p_value.sharpness"] < 1e-6
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "drift")}
     assert {"drift/report.html", "drift/verdict.json", "drift/images.png", "drift/index.html"} <= logged
+    # The pages render in MLflow's frame: nothing relative, the image inlined, links name the artifacts.
+    import re
+
+    from visionloop.monitoring.outputs import is_relative
+
+    index = Path(client.download_artifacts(run.info.run_id, "drift/index.html", str(result.out_dir / "mlflow")))
+    logged_page = index.read_text()
+    addresses = re.findall(r"\b(?:src|href)=[\"']([^\"']*)[\"']", logged_page)
+    assert addresses and not [a for a in addresses if is_relative(a)]
+    assert 'src="data:image/png;base64,' in logged_page and "drift/report.html" in logged_page
 
     # The Evidently workspace: one project for the model, the snapshot in it.
     from evidently.ui.workspace import Workspace
@@ -190,10 +200,46 @@ def test_monitor_flow_raises_the_alert_on_drift(trained_settings: Settings, cham
     history = AlertLog(trained_settings.db_url).history(trained_settings.model_name)
     assert len(history) == 1 and history.iloc[0]["id"] == outcome["alert_id"]
     assert json.loads(history.iloc[0]["payload"])["drifted_features"] == outcome["alert"]["drifted_features"]
-    # The drifted traffic feeds the labeling queue; a second run queues nothing twice.
+    # The drifted traffic feeds the labeling queue (a second scan queues nothing twice: test_labeling).
     assert outcome["labeling"]["examined"] == 50 and outcome["labeling"]["queued"]["drift"] > 0
-    again = monitor(project_dir=str(trained_settings.root), since_minutes=10, alert=False)
-    assert again["labeling"]["total_queued"] == 0
+
+
+def test_a_check_with_nothing_new_does_nothing_but_say_so(
+    trained_settings: Settings, champion, clean, fresh_log: Path
+) -> None:
+    """The scheduled monitor re-running on the same window logs no duplicate run, snapshot or alert."""
+    from mlflow import MlflowClient
+
+    from flows.monitor import monitor
+    from visionloop.data.corruptions import corrupt
+    from visionloop.healing.alerts import AlertLog
+    from visionloop.monitoring.monitor import run_monitor
+
+    client = MlflowClient(trained_settings.tracking_uri)
+    experiment = client.get_experiment_by_name(trained_settings.params.mlflow.monitoring_experiment)
+
+    def traces() -> tuple[int, int, int]:
+        """MLflow runs of the monitoring experiment, report folders, recorded alerts."""
+        runs = len(client.search_runs([experiment.experiment_id])) if experiment else 0
+        folders = len(list((trained_settings.state_dir / "monitoring").glob("*")))
+        return runs, folders, len(AlertLog(trained_settings.db_url).history(trained_settings.model_name))
+
+    images = corrupt(clean[0][:40], "blur", 2)
+    log_traffic(trained_settings, champion.model, images[:39])
+    first = monitor(project_dir=str(trained_settings.root), window=40)
+    assert first["status"] == "drift" and first["alert_raised"] is True
+    experiment = client.get_experiment_by_name(trained_settings.params.mlflow.monitoring_experiment)
+    after_first = traces()
+
+    again = monitor(project_dir=str(trained_settings.root), window=40)  # the schedule, 10 minutes later
+    assert again["status"] == "no_new_data" and "nothing new" in again["message"]
+    assert again["verdict"] is None and again["mlflow_run_id"] is None and again["alert_raised"] is False
+    assert run_monitor(trained_settings, window=40).status == "no_new_data"  # the CLI's path as well
+    assert traces() == after_first
+
+    log_traffic(trained_settings, champion.model, images[39:])  # one new prediction: a real check again
+    third = run_monitor(trained_settings, window=40, performance=False)
+    assert third.status == "drift" and third.n_window == 40 and third.mlflow_run_id is not None
 
 
 def test_monitor_and_drift_commands(trained_settings: Settings, champion, clean, fresh_log: Path, monkeypatch) -> None:

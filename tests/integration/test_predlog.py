@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -10,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.server import wait_for
 from PIL import Image
 
 from visionloop.contracts import PredictionRecord
 from visionloop.monitoring.features import IMAGE_STAT_COLUMNS, fit_reduction, image_statistics, reduce_embeddings
+from visionloop.store import spool
 from visionloop.store.predlog import PredictionLog
-from visionloop.store.records import PendingPredictions
+from visionloop.store.records import PendingFeedback, PendingPredictions
 from visionloop.store.writer import PredictionLogWriter
 from visionloop.store.writer_process import ProcessLogWriter
 
@@ -198,33 +202,127 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(plog: PredictionLog, 
     assert status.dropped == 3 and status.queued == 2
 
 
-def test_a_dead_writer_process_is_reported_and_submitting_still_returns(plog: PredictionLog) -> None:
+def test_write_skips_ids_already_stored(plog: PredictionLog) -> None:
+    """A replayed entry may have been written before the writer could say so: its rows are skipped, not refused."""
+    records = [record(i) for i in range(4)]
+    assert plog.write(records[:2]) == 2
+    assert plog.write(records) == 2  # the two new ones; the insert of the others does not cost them
+    assert plog.count() == 4 and plog.read_window()["id"].is_unique
+
+
+def logged_ids(plog: PredictionLog) -> list[str]:
+    return plog.read_window()["id"].tolist()
+
+
+def test_a_killed_writer_process_is_restarted_with_what_it_had_not_written(plog: PredictionLog) -> None:
     writer = ProcessLogWriter(plog, None, max_queue=100)
     writer.start()
     try:
-        assert writer.status().state == "ok"
-        writer._process.kill()  # e.g. the OOM killer
-        writer._process.join(5)
-        writer.submit(pending(2))  # the answer path never blocks on a dead writer
-        assert writer.flush(timeout=2) is False
+        first, stuck, later = pending(2), pending(3), pending(4)
+        writer.submit(first)
+        assert writer.flush(timeout=10)
+        child = writer._child.process
+        os.kill(child.pid, signal.SIGSTOP)  # it cannot write what comes next...
+        writer.submit(stuck)
+        os.kill(child.pid, signal.SIGKILL)  # ...and dies with it (e.g. the OOM killer)
+        status = wait_for(lambda: (s := writer.status()).state == "degraded" and s, "the log to be degraded")
+        assert "exited" in status.last_error and status.queued >= 3
+        writer.submit(later)  # the answer path never blocks on a dead writer
+        assert writer.flush(timeout=60)
         status = writer.status()
-        assert status.state == "unavailable" and "exited" in status.last_error and status.queued == 2
+        assert status.state == "ok" and status.restarts == 1 and status.written == 9 and status.queued == 0
     finally:
         writer.close()
+    ids = logged_ids(plog)
+    assert sorted(ids) == sorted(first.ids + stuck.ids + later.ids)  # each once
+
+
+def test_a_stop_spills_what_is_unwritten_and_the_next_writer_replays_it(plog: PredictionLog, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    writer = ProcessLogWriter(plog, None, max_queue=100, spool_dir=spool_dir)
+    writer.start()
+    batches = [pending(3), pending(2)]
+    os.kill(writer._child.process.pid, signal.SIGSTOP)  # a writer far behind
+    for batch in batches:
+        assert writer.submit(batch)
+    assert writer.submit_feedback(batches[1].ids[0], "2", datetime.now(UTC))
+    writer.close(timeout=0.2)
+    assert writer.status().spooled == 3 and logged_ids(plog) == []
+    assert len(list(spool_dir.glob("*.jsonl"))) == 1
+
+    again = PredictionLogWriter(plog, None, max_queue=100, spool_dir=spool_dir)  # either writer replays
+    again.start()
+    try:
+        assert again.flush(timeout=20)
+        assert again.status().replayed == 3 and again.status().written == 5
+    finally:
+        again.close()
+    assert sorted(logged_ids(plog)) == sorted(batches[0].ids + batches[1].ids)
+    assert plog.get(batches[1].ids[0]).feedback_label == "2"
+    assert list(spool_dir.iterdir()) == []  # replayed and written: the file is gone
+
+
+def test_a_stop_without_time_to_drain_loses_nothing(plog: PredictionLog, tmp_path: Path, writer_class) -> None:
+    spool_dir = tmp_path / "spool"
+    writer = writer_class(plog, None, max_queue=1000, spool_dir=spool_dir)
+    writer.start()
+    batches = [pending(4) for _ in range(30)]
+    for batch in batches:
+        writer.submit(batch)
+    writer.close(timeout=0)
+    again = writer_class(plog, None, max_queue=1000, spool_dir=spool_dir)
+    again.start()
+    try:
+        assert again.flush(timeout=60)
+    finally:
+        again.close()
+    assert sorted(logged_ids(plog)) == sorted(i for batch in batches for i in batch.ids)  # all, each once
+
+
+def test_feedback_for_a_waiting_prediction_is_queued_behind_it(plog: PredictionLog, writer_class) -> None:
+    writer = writer_class(plog, None, max_queue=100)  # not started yet: the writer is behind
+    batch = pending(2)
+    writer.submit(batch)
+    at = datetime.now(UTC)
+    assert writer.submit_feedback(batch.ids[1], "0", at) is True
+    assert writer.submit_feedback("never-issued", "0", at) is False
+    writer.start()
+    try:
+        assert writer.flush(timeout=20)
+    finally:
+        writer.close()
+    stored = plog.get(batch.ids[1])
+    assert stored is not None and stored.feedback_label == "0"
+    assert writer.submit_feedback(batch.ids[1], "1", at) is False  # written now: the caller updates the log
+
+
+def test_the_spool_keeps_entries_exactly_and_sets_aside_what_it_cannot_read(tmp_path: Path) -> None:
+    batch = pending(3)
+    label = PendingFeedback(batch.ids[0], "1", datetime.now(UTC))
+    path = spool.spill(tmp_path, [batch, label])
+    (tmp_path / "0-broken.jsonl").write_text("{not json\n")
+    [(loaded_path, entries)] = spool.load(tmp_path)
+    assert loaded_path == path and entries[1] == label
+    back = entries[0]
+    assert back.ids == batch.ids and back.created_at == batch.created_at and back.reduction == batch.reduction
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(back.images, batch.images, strict=True))
+    assert np.array_equal(back.probabilities, batch.probabilities) and back.embeddings.dtype == np.float32
+    assert (tmp_path / "0-broken.jsonl.bad").exists()
 
 
 EXIT_AFTER_A_DEAD_WRITER = """
 import sys
 from datetime import UTC, datetime
 import numpy as np
+from visionloop.store import spool
 from visionloop.store.predlog import PredictionLog
-from visionloop.store.records import PendingPredictions
+from visionloop.store.records import PendingFeedback, PendingPredictions
 from visionloop.store.writer_process import ProcessLogWriter
 
 writer = ProcessLogWriter(PredictionLog(sys.argv[1]), None, max_queue=100)
 writer.start()
-writer._process.kill()
-writer._process.join(5)
+writer._child.process.kill()
+writer._child.process.join(5)
 big = [np.zeros((1000, 1000), np.uint8)] * 2  # far more than a pipe holds: the feeder thread blocks on it
 writer.submit(PendingPredictions(["a", "b"], datetime.now(UTC), "m", "1", ["x"], None, big,
                                  np.ones((2, 1)), np.zeros((2, 4))))

@@ -51,6 +51,8 @@ class Trained:
     good_dir: Path
     zero_run: str
     zero_metrics: dict[str, float]
+    weak_run: str  # another near-random model: a second, distinct worse challenger (registration is per run)
+    weak_metrics: dict[str, float]
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +87,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
         good_run, good_metrics, good_dir = fit("good", {})
         # One step at a vanishing learning rate on a sliver of the data: random weights, about 10 % accuracy.
         zero_run, zero_metrics, _ = fit("zero", {"train": {"epochs": 1, "lr": 1e-12, "limit_train_fraction": 0.05}})
+        weak_run, weak_metrics, _ = fit("weak", {"train": {"epochs": 1, "lr": 1e-12, "limit_train_fraction": 0.05}})
         from visionloop.data.lineage import dvc_hash
 
         assert good_metrics["macro_f1"] > zero_metrics["macro_f1"] + 0.5, (good_metrics, zero_metrics)
         yield Trained(
-            project, head, dvc_hash(project / "data" / "raw"), good_run, good_metrics, good_dir, zero_run, zero_metrics
+            project, head, dvc_hash(project / "data" / "raw"), good_run, good_metrics, good_dir, zero_run, zero_metrics,
+            weak_run, weak_metrics,
         )
 
 
@@ -189,7 +193,7 @@ def test_better_challenger_is_promoted_worse_refused_and_rollback_restores(train
     served = source.load("2")
     assert (served.version, len(served.classes)) == ("2", 10)
 
-    register_run(settings, trained.zero_run, trained.zero_metrics, trigger="test")
+    register_run(settings, trained.weak_run, trained.weak_metrics, trigger="test")
     refused = promote(settings, trigger="test")
     assert (refused.decision, refused.from_version, refused.to_version) == ("refused", "2", "2")
     assert "does not beat champion v2 on macro_f1" in refused.reason
@@ -221,7 +225,13 @@ def test_better_challenger_is_promoted_worse_refused_and_rollback_restores(train
     assert refusal.data.metrics["challenger.macro_f1"] == pytest.approx(refused.metrics["challenger"]["macro_f1"])
     assert "champion.f1_class_3" in refusal.data.metrics
     files = {a.path for a in client.list_artifacts(refusal.info.run_id)}
-    assert {"promotion_record.json", "comparison.csv", "slices_comparison.csv", "challenger_slices.png"} <= files
+    assert {"promotion_record.json", "comparison.csv", "slices_comparison.csv", "slices_comparison.png"} <= files
+    # The UI's story: decisions are named runs, the promoted version says how it compared.
+    assert refusal.info.run_name == f"promotion v2→v{refused.candidate_version}: refused"
+    (promotion,) = client.search_runs([experiment.experiment_id], "tags.decision = 'promoted'")
+    assert promotion.info.run_name == "promotion v1→v2: promoted"
+    described = client.get_model_version(settings.model_name, "2").description
+    assert described.startswith("v2: trained (test-cli); ") and "macro-F1 on the gate set" in described
 
     listed = json.loads(cli.invoke(app, ["registry", "list", "--json"]).output)
     assert [(v["version"], v["aliases"]) for v in listed] == [("3", ["challenger"]), ("2", []), ("1", ["champion"])]

@@ -284,11 +284,7 @@ def test_manifest_csv_with_metadata_columns(tmp_path: Path) -> None:
     rows.append({"path": "images/missing.png", "label": "a", "source": "cam", "device": "d0"})
     rows.append({"path": "images/0.png", "label": "", "source": "cam", "device": "d0"})
     rows.append({"path": "", "label": "a", "source": "cam", "device": "d0"})
-    manifest = tmp_path / "lists" / "data.csv"
-    manifest.parent.mkdir()
-    for row in rows:  # relative paths are relative to the CSV's folder
-        if row["path"] and not Path(row["path"]).is_absolute():
-            row["path"] = "../" + row["path"]
+    manifest = tmp_path / "data.csv"  # relative paths are relative to its folder; absolute ones must lie under it
     with open(manifest, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "label", "source", "device"])
         writer.writeheader()
@@ -304,8 +300,8 @@ def test_manifest_csv_with_metadata_columns(tmp_path: Path) -> None:
     prepared = prepare(manifest, tmp_path / "out", **LIMITS, **SPLIT)
     table = read_manifest(prepared.out_dir)
     assert {"source", "device"} <= set(table.columns)
-    assert table.set_index("source_path").loc["../images/4.png", "device"] == "d1"
-    assert table.set_index("source_path").loc["../elsewhere/abs.png", "source"] == "x"
+    assert table.set_index("source_path").loc["images/4.png", "device"] == "d1"
+    assert table.set_index("source_path").loc["elsewhere/abs.png", "source"] == "x"
     with open(prepared.quarantine_path, newline="") as handle:
         copies = {row["code"]: row["copy"] for row in csv.DictReader(handle)}
     assert copies["missing_file"] == "" and (prepared.out_dir / copies["no_label"]).is_file()

@@ -7,7 +7,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from visionloop.training.model import ImageClassifier, inference_network
+from visionloop.models.network import inference_network
+from visionloop.training.model import ImageClassifier
 
 
 def _loader() -> DataLoader:

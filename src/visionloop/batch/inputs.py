@@ -108,10 +108,22 @@ def _walk(root: Path, exclude: list[Path]) -> list[str]:
 
 def list_inputs(inputs: Path | str, exclude: Iterable[Path | str] = ()) -> list[str]:
     """The keys of a batch input in a deterministic order; ``exclude`` keeps an output inside it out."""
-    keys = InputSource.open(inputs).list_keys([Path(p) for p in exclude])
+    keys = pending_inputs(inputs, exclude)
     if not keys:
+        if not Path(inputs).exists():
+            raise FileNotFoundError(f"batch input {inputs} does not exist")
         raise ValueError(f"batch input {inputs} holds no files")
     return keys
+
+
+def pending_inputs(inputs: Path | str, exclude: Iterable[Path | str] = ()) -> list[str]:
+    """``list_inputs``, but an input that does not exist (yet) or holds no files gives no keys instead of an error.
+
+    For a scheduled job (the nightly ``batch_inference``) no input is "nothing to do", not a failure.
+    """
+    if not Path(inputs).exists():
+        return []
+    return InputSource.open(inputs).list_keys([Path(p) for p in exclude])
 
 
 def shard_of(key: str, n: int) -> int:

@@ -20,7 +20,10 @@ Output layout (the unit of progress is the *part*: a Parquet file of up to ``bat
       file, written beside it and renamed over ``OUTPUT``, then removes ``OUTPUT.parts/``.
 
 A part is written to a temporary name, fsynced and renamed (``commit_part``): it is committed whole
-or not at all. An output holds one model version: a run with another model refuses to write into it
+or not at all. One run writes a key at a time: a run claims the output, or its shard of it, in the
+hidden ``claims_dir`` (``batch.claims``); an overlapping run on the same keys fails with ``OutputBusy``.
+
+An output holds one model version: a run with another model refuses to write into it
 (``OutputConflict``); put ``{model}`` / ``{version}`` in the output path (``expand_output``) to keep
 one output per version.
 """
@@ -37,6 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from visionloop.batch.claims import claim
 from visionloop.monitoring.features import PROBABILITY_PREFIX
 
 OK = "ok"
@@ -69,6 +73,14 @@ class OutputLayout:
     @property
     def parts_dir(self) -> Path:
         return self.output.with_name(self.output.name + ".parts") if self.is_file else self.output
+
+    @property
+    def claims_dir(self) -> Path:
+        """Where writers hold their claims (``batch.claims``): hidden, so neither a reader nor an input listing
+        sees it; beside a ``.parquet`` output rather than in its parts folder, which consolidation removes."""
+        if self.is_file:
+            return self.output.with_name(f".{self.output.name}.claims")
+        return self.output / ".claims"
 
     def parts(self) -> list[Path]:
         """Committed parts, in name order (shard, then sequence)."""
@@ -155,9 +167,15 @@ def consolidate(output: Path | str) -> int:
 
     Rows already in the file come first, a key is written once, memory holds one row group at a
     time; the file is replaced atomically and the parts folder removed. A folder output is left
-    as it is (it is the dataset).
+    as it is (it is the dataset). Refused (``OutputBusy``) while a run writes to the output.
     """
     layout = OutputLayout(Path(output))
+    with claim(layout.claims_dir, None, layout.output):
+        return consolidate_claimed(layout)
+
+
+def consolidate_claimed(layout: OutputLayout) -> int:
+    """``consolidate`` for a caller that holds the whole output's claim already (an unsharded run)."""
     if not layout.is_file:
         return sum(pq.ParquetFile(p).metadata.num_rows for p in layout.parts())
     parts = layout.parts()

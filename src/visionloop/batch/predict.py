@@ -16,6 +16,11 @@ Shards
     ``part-s<i>of<n>-…``: shards run in parallel (threads, processes, machines sharing the output
     folder) without coordinating; a shard never consolidates — run ``consolidate`` (or the unsharded
     call, which then finds nothing left to do) after all of them.
+
+One writer per key
+    A run claims its shard (or, unsharded, the whole output) before reading the done keys and holds
+    the claim until its last row is written (``batch.claims``): an overlapping run that could write the
+    same keys fails with ``OutputBusy`` instead of duplicating them.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from visionloop.batch.claims import claim
 from visionloop.batch.inputs import InputSource, shard_inputs
 from visionloop.batch.loader import ImageFiles, PartBatches, collate_items
-from visionloop.batch.output import OutputLayout, check_compatible, consolidate, done_keys, output_schema
+from visionloop.batch.output import OutputLayout, check_compatible, consolidate_claimed, done_keys, output_schema
 from visionloop.batch.parts import PartWriter
 from visionloop.models.bundle import ServableModel
 from visionloop.params import Params
@@ -125,22 +131,23 @@ def predict_batch(
     if shard is not None:
         keys = shard_inputs(keys, shard[1])[shard[0]]
     schema = output_schema(model.classes, source.has_label, source.meta_columns)
-    done, models, stored_schema = done_keys(layout.output)
-    check_compatible(layout.output, model.name, str(model.version), schema, models, stored_schema)
-    todo = [k for k in keys if k not in done]
-    summary = BatchSummary(
-        output=str(layout.output),
-        model_name=model.name,
-        model_version=str(model.version),
-        shard=shard,
-        total=len(keys),
-        skipped=len(keys) - len(todo),
-    )
-    if todo:
-        writer = PartWriter(layout, shard or (0, 1), schema, model, source, log)
-        _run(model, source, todo, writer, summary, options, progress)
-    if shard is None and layout.is_file:
-        summary.consolidated_rows = consolidate(layout.output)
+    with claim(layout.claims_dir, shard, layout.output):
+        done, models, stored_schema = done_keys(layout.output)
+        check_compatible(layout.output, model.name, str(model.version), schema, models, stored_schema)
+        todo = [k for k in keys if k not in done]
+        summary = BatchSummary(
+            output=str(layout.output),
+            model_name=model.name,
+            model_version=str(model.version),
+            shard=shard,
+            total=len(keys),
+            skipped=len(keys) - len(todo),
+        )
+        if todo:
+            writer = PartWriter(layout, shard or (0, 1), schema, model, source, log)
+            _run(model, source, todo, writer, summary, options, progress)
+        if shard is None and layout.is_file:
+            summary.consolidated_rows = consolidate_claimed(layout)
     summary.seconds = time.perf_counter() - started
     return summary
 

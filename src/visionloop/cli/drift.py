@@ -14,15 +14,15 @@ if TYPE_CHECKING:
 
 def champion_model(settings: Settings) -> ServableModel | None:
     """The registry's champion, or None (with a note on stderr) when there is no registry or no champion."""
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        typer.echo("note: no model registry yet; image statistics only (use --model for more)", err=True)
+        return None  # before importing MLflow: seconds saved where there is nothing to ask
     from mlflow.exceptions import MlflowException
 
     from visionloop.models.cache import load_registered
     from visionloop.models.registry import RegistryError, alias_uri
 
-    uri = settings.tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        typer.echo("note: no model registry yet; image statistics only (use --model for more)", err=True)
-        return None
     try:
         model = load_registered(settings, alias_uri(settings.model_name))
     except (RegistryError, MlflowException) as error:
@@ -56,10 +56,10 @@ def register(app: typer.Typer) -> None:
 
         Exit code 0 whether or not drift is found; non-zero only on error.
         """
+        # Each path imports what it needs: torch only with a model, MLflow only for a registry, Evidently
+        # only for --report (seconds each on a small machine; the verdict itself takes milliseconds).
         from visionloop.config import Settings
-        from visionloop.models.cache import load_model
         from visionloop.monitoring.drift import DriftThresholds, verdict_json
-        from visionloop.monitoring.evidently_report import save_report_html
         from visionloop.monitoring.folders import ImageLimits, check_folders
 
         settings = Settings.load()
@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
         try:
             servable = None
             if model:
+                from visionloop.models.cache import load_model
+
                 servable = load_model(settings, model)
             elif not stats_only:
                 servable = champion_model(settings)
@@ -85,7 +87,9 @@ def register(app: typer.Typer) -> None:
         for path, reason in result.refused:
             typer.echo(f"skipped {path}: {reason}", err=True)
         if report is not None:
-            save_report_html(result.snapshot, report)
+            from visionloop.monitoring.evidently_report import drift_report, save_report_html
+
+            save_report_html(drift_report(result.reference, result.current, result.verdict), report)
             typer.echo(f"report: {report}", err=True)
         verdict = result.verdict
         if as_json:

@@ -34,12 +34,15 @@ def register(app: typer.Typer) -> None:
         from visionloop.store.database import upgrade_embedded
 
         settings = Settings.load()
-        bind_host = host or settings.params.serving.host
+        if host:  # the bound name is one the server answers to (guards' Host allow-list)
+            settings = settings.with_overrides({"serving": {"host": host}})
+        bind_host = settings.params.serving.host
         bind_port = port or settings.params.serving.port
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if bind_host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
             typer.secho(
-                f"warning: serving on {bind_host} without a token; set VISIONLOOP_TOKEN to require one",
+                f"warning: serving on {bind_host} without a token; set VISIONLOOP_TOKEN to require one "
+                "(and serving.allowed_hosts to the names clients use)",
                 fg=typer.colors.YELLOW,
                 err=True,
             )

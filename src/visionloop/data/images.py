@@ -30,6 +30,7 @@ DUPLICATE_CONFLICT = "duplicate_label_conflict"
 MISSING_FILE = "missing_file"
 NO_LABEL = "no_label"
 UNREADABLE = "unreadable"
+OUTSIDE_ROOT = "outside_root"  # a source names a file outside its own folder: never read, never copied
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "La", "RGBa", "PA"})
@@ -107,6 +108,18 @@ def canonicalize_image_bytes(data: bytes, *, channels: int, min_side: int, max_p
 def validate_image_bytes(data: bytes, *, channels: int, min_side: int, max_pixels: int) -> np.ndarray:
     """The canonical uint8 pixels of an encoded image (H×W or H×W×3), or ``InvalidImage(reason)``."""
     return canonicalize_image_bytes(data, channels=channels, min_side=min_side, max_pixels=max_pixels).array
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the header declares them, nothing decoded (PIL opens lazily); None when the header
+    cannot be read or declares a decompression bomb — ``canonicalize_image_bytes`` then says why."""
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Exception:  # noqa: BLE001 - any unreadable header is the decoder's to report
+        return None
 
 
 def _to_canonical(image: Image.Image, channels: int) -> tuple[np.ndarray, str | None]:

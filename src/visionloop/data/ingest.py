@@ -4,7 +4,9 @@ A source is a class-per-folder directory or a ``path,label[,meta...]`` manifest.
 ``data.images.canonicalize_image_bytes``; files that fail are never dropped silently: ``ingest``
 puts each one either in ``records`` or in ``quarantined`` with a reason a person can act on. Two
 files with the same canonical pixels are one image: the first is kept, the next are quarantined as
-duplicates (with a label conflict noted when their labels differ).
+duplicates (with a label conflict noted when their labels differ). A file that resolves outside
+the source's folder (``../`` or an absolute path in a manifest, a symlink leading out) is quarantined
+as ``outside_root`` without being read, so a manifest cannot pull other files into the data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from visionloop.data.images import (
     DUPLICATE_CONFLICT,
     MISSING_FILE,
     NO_LABEL,
+    OUTSIDE_ROOT,
     UNREADABLE,
     InvalidImage,
     canonicalize_image_bytes,
@@ -182,13 +185,23 @@ def _list_candidates(source: Path) -> tuple[list[_Candidate], list[str], Path]:
     )
 
 
+def _outside(path: Path, base: Path, label: str | None) -> QuarantineEntry | None:
+    """The quarantine entry of a resolved ``path`` that is not under ``base``; None when it is."""
+    if path.is_relative_to(base):
+        return None
+    return QuarantineEntry(path, label, "the file lies outside the source's folder; it was not read or copied",
+                           OUTSIDE_ROOT)
+
+
 def _folder_candidates(root: Path) -> list[_Candidate]:
     """Files under ``root/<class>/`` (recursively); files at the top level have no label."""
     candidates: list[_Candidate] = []
+    base = root.resolve()
     for entry in sorted(root.iterdir()):
         if entry.is_dir():
             for path in sorted(p for p in entry.rglob("*") if p.is_file()):
-                candidates.append(_Candidate(path.resolve(), entry.name, {}))
+                resolved = path.resolve()
+                candidates.append(_Candidate(resolved, entry.name, {}, _outside(resolved, base, entry.name)))
         elif entry.is_file():
             path = entry.resolve()
             problem = QuarantineEntry(
@@ -220,6 +233,8 @@ def _manifest_candidates(manifest: Path) -> tuple[list[_Candidate], list[str]]:
                 f"line {row_number} of {manifest.name} has an empty path",
                 MISSING_FILE,
             )
+        elif (outside := _outside(path, base, label or None)) is not None:
+            problem = outside
         elif not label:
             problem = QuarantineEntry(path, None, "manifest row has an empty label", NO_LABEL)
         elif not path.is_file():

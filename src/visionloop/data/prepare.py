@@ -24,7 +24,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from visionloop.config import Settings
-from visionloop.data.images import MISSING_FILE
+from visionloop.data.images import MISSING_FILE, OUTSIDE_ROOT
 from visionloop.data.ingest import ImageRecord, IngestResult, class_sort_key, display_path, ingest
 from visionloop.data.manifest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, write_csv
 from visionloop.data.report import build_report, plot_split_counts
@@ -155,7 +155,7 @@ def _quarantine(result: IngestResult, out_dir: Path, quarantine_dir: Path) -> li
     rows = []
     for index, entry in enumerate(result.quarantined):
         copy = ""
-        if entry.code != MISSING_FILE:
+        if entry.code not in (MISSING_FILE, OUTSIDE_ROOT):  # outside the source: not ours to copy
             copy_path = quarantine_dir / f"{index:04d}_{_safe_name(Path(entry.path).name)}"
             try:
                 shutil.copyfile(entry.path, copy_path)

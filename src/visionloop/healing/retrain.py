@@ -82,7 +82,7 @@ def train_challenger(
     """Transfer learning from ``base`` (the champion) with ``retrain.strategy``, into the workspace."""
     strategy = settings.params.retrain.strategy
     return train(retrain_settings(settings), prepared_dir=workspace.prepared, out_dir=workspace.model, base=base,
-                 strategy=strategy, data_version=data_version, trigger=trigger, run_name=f"retrain-{strategy}")
+                 strategy=strategy, data_version=data_version, trigger=trigger, run_name=f"retrain {strategy}")
 
 
 def evaluate_challenger(settings: Settings, workspace: RetrainWorkspace) -> dict[str, float]:

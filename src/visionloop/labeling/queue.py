@@ -7,7 +7,9 @@ or ``skipped``; ``requeue`` brings ``skipped``, ``invalid`` or ``capped`` rows b
 arrives through ``/feedback`` marks the row ``labeled`` too.
 
 An image shown to one labeler is held (a lease of ``lease_seconds``) so two people are not shown the
-same image. The ``label_queue`` table lives in the prediction log's database; ``labeling.scan`` fills it.
+same image. An action that names its labeler's session is refused (``LeaseLost``) when another
+session holds the image now: its own lease ran out and someone else was given it. The
+``label_queue`` table lives in the prediction log's database; ``labeling.scan`` fills it.
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "skip": frozenset({QUEUED}),
     "invalid": frozenset({QUEUED, SKIPPED}),
     "requeue": frozenset({SKIPPED, INVALID, CAPPED}),
+    "undo": frozenset({LABELED, SKIPPED, INVALID}),  # the labeling page's "undo the last answer"
 }
 
 
 class QueueError(ValueError):
     """An action the item's state does not allow (e.g. skipping a labeled image)."""
+
+
+class LeaseLost(QueueError):
+    """The submitting session's lease ran out and another labeler holds the image now."""
 
 
 class UnknownItem(KeyError):
@@ -203,18 +210,25 @@ class LabelQueue:
         return None if row is None else dict(row._mapping)
 
     def submit_label(
-        self, prediction_id: str, label: str, classes: Sequence[str] | None = None, now: datetime | None = None
+        self,
+        prediction_id: str,
+        label: str,
+        classes: Sequence[str] | None = None,
+        now: datetime | None = None,
+        session: str | None = None,
     ) -> bool:
         """Store the label exactly like ``POST /feedback`` (``PredictionLog.add_feedback``), then mark the
         queue row ``labeled``. True when the prediction was in the queue.
 
         Raises ``UnknownItem`` when the log has no such prediction, ``ValueError`` when ``classes`` is
-        given and the label is not one of them.
+        given and the label is not one of them, ``LeaseLost`` when ``session`` no longer holds the image.
         """
         if classes is not None and label not in classes:
             raise ValueError(f"label {label!r} is not one of the model's classes {list(classes)}")
         self.ensure_schema()
         now = as_utc(now or datetime.now(UTC))
+        with self.engine.connect() as connection:
+            _check_lease(connection, prediction_id, session, now)
         if not self.log.add_feedback(prediction_id, label, at=now):
             raise UnknownItem(f"no prediction with id {prediction_id!r}")
         t = label_queue_table.c
@@ -226,27 +240,49 @@ class LabelQueue:
             ).rowcount
         return updated > 0
 
-    def skip(self, prediction_id: str, now: datetime | None = None) -> None:
+    def skip(self, prediction_id: str, now: datetime | None = None, session: str | None = None) -> None:
         """Pass on an image (a person was unsure); it is not offered again unless requeued."""
-        self._set_state(prediction_id, SKIPPED, "skip", now)
+        self._set_state(prediction_id, SKIPPED, "skip", now, session)
 
-    def mark_invalid(self, prediction_id: str, now: datetime | None = None) -> None:
+    def mark_invalid(self, prediction_id: str, now: datetime | None = None, session: str | None = None) -> None:
         """Not a valid image for this task (blank, wrong subject…): never offered again, not trained on."""
-        self._set_state(prediction_id, INVALID, "invalid", now)
+        self._set_state(prediction_id, INVALID, "invalid", now, session)
 
     def requeue(self, prediction_id: str) -> None:
         """Offer a skipped, invalid or capped image again."""
         self._set_state(prediction_id, QUEUED, "requeue", None)
 
-    def _set_state(self, prediction_id: str, state: str, action: str, now: datetime | None) -> None:
+    def undo(self, prediction_id: str, session: str | None = None) -> None:
+        """Take back a person's last answer: the image is queued again and, for a label, the label leaves the
+        log too (else ``sync_feedback`` would mark it labeled again). ``session`` gets the image next."""
+        self._set_state(prediction_id, QUEUED, "undo", None)
+        with self.engine.begin() as connection:
+            connection.execute(
+                predictions_table.update()
+                .where(predictions_table.c.id == prediction_id)
+                .values(feedback_label=None, feedback_at=None)
+            )
+            if session:
+                until = datetime.now(UTC) + timedelta(seconds=self.rules.params.lease_seconds)
+                connection.execute(
+                    label_queue_table.update()
+                    .where(label_queue_table.c.prediction_id == prediction_id, label_queue_table.c.state == QUEUED)
+                    .values(claimed_by=session, claimed_until=until)
+                )
+
+    def _set_state(
+        self, prediction_id: str, state: str, action: str, now: datetime | None, session: str | None = None
+    ) -> None:
         self.ensure_schema()
         t = label_queue_table.c
         allowed = TRANSITIONS[action]
-        done_at = None if state == QUEUED else as_utc(now or datetime.now(UTC))
+        now = as_utc(now or datetime.now(UTC))
+        done_at = None if state == QUEUED else now
         with self.engine.begin() as connection:
             current = connection.execute(sa.select(t.state).where(t.prediction_id == prediction_id)).scalar()
             if current is None:
                 raise UnknownItem(f"prediction {prediction_id!r} is not in the labeling queue")
+            _check_lease(connection, prediction_id, session, now)
             if current not in allowed:
                 raise QueueError(f"cannot {action} an item that is {current} (allowed from: {sorted(allowed)})")
             connection.execute(
@@ -298,6 +334,22 @@ class LabelQueue:
                 "labeled_share": (drifted_labeled / drifted_total) if drifted_total else None,
             },
         }
+
+
+def _check_lease(connection: Connection, prediction_id: str, session: str | None, now: datetime) -> None:
+    """Raise ``LeaseLost`` when ``session`` is given and another session holds ``prediction_id`` at ``now``.
+
+    Without a session (an API client, ``/feedback``) a label is ground truth from anyone, as before.
+    """
+    if not session:
+        return
+    t = label_queue_table.c
+    row = connection.execute(sa.select(t.claimed_by, t.claimed_until).where(t.prediction_id == prediction_id)).first()
+    if row is None or row.claimed_by in (None, session) or row.claimed_until is None:
+        return
+    if as_utc(row.claimed_until) > now:
+        raise LeaseLost(f"prediction {prediction_id!r} is held by another labeler now (this session's lease ran "
+                        "out); load the next image")
 
 
 def _queue_row(selection: Selection, now: datetime) -> dict[str, Any]:

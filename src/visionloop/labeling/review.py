@@ -19,7 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from visionloop.data.images import InvalidImage, canonicalize_image_bytes
-from visionloop.data.snapshot import Snapshot, create_snapshot, current_source, source_table
+from visionloop.data.snapshot import Snapshot, StaleBase, create_snapshot, current_source, source_table
 from visionloop.store.schema import as_utc, label_review_table, metadata
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIRMED, CORRECTED = "confirmed", "corrected"
+_STALE_ATTEMPTS = 3  # corrections recomputed on a newer snapshot before giving up (each try waits for the lock)
 
 
 class ReviewStore:
@@ -150,20 +151,26 @@ def apply_corrections(settings: Settings, store: ReviewStore) -> AppliedCorrecti
     pending = store.pending_corrections()
     if pending.empty:
         return None
-    base = current_source(settings)
-    by_pixels = source_paths_by_pixels(settings, base)
-    relabel: dict[str, str] = {}
-    applied, missing = [], []
-    for sha, new_label in zip(pending["sha256"], pending["new_label"], strict=True):
-        paths = by_pixels.get(sha)
-        if not paths:
-            missing.append(sha)
-            continue
-        applied.append(sha)
-        relabel.update(dict.fromkeys(paths, new_label))
-    if not relabel:
-        raise LookupError(f"none of the {len(missing)} corrected images is in the current source {base}")
-    snapshot = create_snapshot(settings, relabel=relabel, reason="label-corrections", base=base)
+    for attempt in range(_STALE_ATTEMPTS):
+        base = current_source(settings)
+        by_pixels = source_paths_by_pixels(settings, base)
+        relabel: dict[str, str] = {}
+        applied, missing = [], []
+        for sha, new_label in zip(pending["sha256"], pending["new_label"], strict=True):
+            paths = by_pixels.get(sha)
+            if not paths:
+                missing.append(sha)
+                continue
+            applied.append(sha)
+            relabel.update(dict.fromkeys(paths, new_label))
+        if not relabel:
+            raise LookupError(f"none of the {len(missing)} corrected images is in the current source {base}")
+        try:
+            snapshot = create_snapshot(settings, relabel=relabel, reason="label-corrections", base=base)
+            break
+        except StaleBase:  # another snapshot (a retrain's) became current meanwhile: relabel that one
+            if attempt == _STALE_ATTEMPTS - 1:
+                raise
     store.mark_applied(applied, str(snapshot.directory), snapshot.data_version.dvc_hash)
     log.info("applied %d label corrections as %s", len(applied), snapshot.directory)
     return AppliedCorrections(snapshot, applied, missing)

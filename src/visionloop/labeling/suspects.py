@@ -57,7 +57,7 @@ def suspects_for_prepared(
     manifest = manifest[manifest["split"].isin(wanted)].reset_index(drop=True)
     if manifest.empty:
         empty = pd.DataFrame(columns=SUSPECT_COLUMNS)
-        empty.attrs.update(model_name=model.name, model_version=str(model.version), classes=[])
+        empty.attrs.update(model_name=model.name, model_version=str(model.version), classes=[], images=0)
         return empty
     images = [load_image(p) for p in manifest["abs_path"]]
     embeddings = predict_in_chunks(model, images).embeddings
@@ -77,7 +77,9 @@ def suspects_for_prepared(
     frame["model_name"] = model.name
     frame["model_version"] = str(model.version)
     frame = frame[SUSPECT_COLUMNS].copy()
-    frame.attrs.update(issues.attrs, classes=classes, model_name=model.name, model_version=str(model.version))
+    frame.attrs.update(
+        issues.attrs, classes=classes, model_name=model.name, model_version=str(model.version), images=len(manifest)
+    )
     return frame
 
 
@@ -100,8 +102,10 @@ def save_suspects(settings: Settings, frame: pd.DataFrame, output: Path | None =
         "folds": review.folds,
         "classes": frame.attrs.get("classes", []),
         "thresholds": frame.attrs.get("thresholds", {}),
+        "images": frame.attrs.get("images"),  # how many images the review looked at: the review page says so
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    frame.attrs["created_at"] = meta["created_at"]
     _meta_path(target).write_text(json.dumps(meta, indent=2) + "\n")
     return target
 

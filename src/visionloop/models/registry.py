@@ -13,7 +13,6 @@ between its re-read of the champion and the flip.
 
 from __future__ import annotations
 
-import fcntl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,8 @@ from mlflow.exceptions import MlflowException
 
 from visionloop.config import Settings
 from visionloop.contracts import CHALLENGER, CHAMPION, LINEAGE_TAGS
-from visionloop.models.tracking import client, point_mlflow_at
+from visionloop.locks import exclusive
+from visionloop.models.tracking import NOTE_TAG, client, describe_run, point_mlflow_at, registered_run_name
 
 # Run tags copied from the training run onto the model version (with LINEAGE_TAGS).
 RUN_LINEAGE_TAGS = (*LINEAGE_TAGS, "data_path", "data_git_commit", "trigger")
@@ -188,17 +188,45 @@ def register_version(settings: Settings, run_id: str, metrics: dict[str, float])
     """Register ``runs:/{run_id}/model`` as a new version of the project's model, alias ``challenger``.
 
     The version is tagged with the run's lineage tags, the run id and ``metric.*`` test metrics.
+    Idempotent per run: a retried registration (the task failed after the registry answered) returns
+    the version already made from ``run_id`` instead of a second one.
     """
     name = settings.model_name
     mlflow_client = client(settings)
-    run_tags = mlflow_client.get_run(run_id).data.tags
+    if (existing := version_of_run(settings, run_id)) is not None:
+        if alias_version(settings, CHAMPION) != existing:  # made champion already: the retry changes nothing
+            mlflow_client.set_registered_model_alias(name, CHALLENGER, existing)
+        return existing
+    run = mlflow_client.get_run(run_id)
+    run_tags = run.data.tags
     tags = {key: run_tags[key] for key in RUN_LINEAGE_TAGS if key in run_tags}
     tags["run_id"] = run_id
     tags.update({f"{METRIC_TAG_PREFIX}{k}": f"{float(v):.6g}" for k, v in metrics.items()})
     point_mlflow_at(settings.tracking_uri)
     version = str(mlflow.register_model(f"runs:/{run_id}/model", name, tags=tags).version)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
+    # The UI's story: the run is named after the version it became; the version says where it came from.
+    note = run_tags.get(NOTE_TAG, "")
+    describe_run(settings, run_id, name=registered_run_name(run.info.run_name, version),
+                 note=f"{note}\n\nRegistered as {name} v{version}.".strip())
+    quality = ", ".join(f"{k.replace('_', '-')} {float(metrics[k]):.3f}" for k in ("accuracy", "macro_f1")
+                        if k in metrics)
+    describe_version(settings, version, f"v{version}: trained (trigger `{run_tags.get('trigger', '?')}`) on data "
+                                        f"version {run_tags.get('data_version', '?')}; test {quality or 'no metrics'}. "
+                                        "Awaiting the promotion gate.")
     return version
+
+
+def version_of_run(settings: Settings, run_id: str) -> str | None:
+    """The newest version of the project's model registered from ``run_id`` (None: not registered)."""
+    escaped = settings.model_name.replace("'", "\\'")
+    found = client(settings).search_model_versions(f"name='{escaped}' and run_id='{run_id}'")
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def describe_version(settings: Settings, version: str, description: str) -> None:
+    """Set the description a registry version shows in the MLflow UI."""
+    client(settings).update_model_version(settings.model_name, str(version), description=description)
 
 
 def move_champion(settings: Settings, version: str) -> None:
@@ -220,17 +248,5 @@ def registry_lock(settings: Settings, timeout: float | None = None) -> Iterator[
     """
     timeout = settings.params.registry.lock_timeout_seconds if timeout is None else timeout
     path = settings.state_dir / f"registry-{settings.model_name}.lock"
-    deadline = time.monotonic() + timeout
-    with open(path, "a+") as handle:  # a fresh open file description: flock excludes other threads too
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another promotion has held {path} for over {timeout:.0f} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(path, wait_s=timeout, what=f"the aliases of {settings.model_name}"):
+        yield

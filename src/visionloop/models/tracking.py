@@ -5,18 +5,25 @@ Every MLflow client, experiment and run of the project is made here, so they all
 ``log_run`` is the one way a step records a run (training, evaluation, drift and performance
 checks, promotion decisions); ``open_run`` is the same for a step that logs while it works
 (training hands the run to Lightning).
+
+What the MLflow UI shows is decided here too: experiments open in the model-training view (tag
+``mlflow.experimentKind``), runs carry a readable name and a description (``mlflow.note.content``),
+training data is a dataset input, and ``run_link``/``model_version_link`` point other UIs at a run.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 import mlflow
+import mlflow.data
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -25,13 +32,19 @@ from visionloop.config import Settings
 # A file or folder to log, and the artifact folder it goes into (None: the run's root).
 Artifact = tuple[Path, str | None]
 
+# MLflow 3 opens an experiment in its GenAI view unless this tag names another kind.
+EXPERIMENT_KIND_TAG, TRAINING_VIEW = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+
 
 class RunSpec(TypedDict, total=False):
-    """Which run: a new one (named ``run_name``, tagged ``tags``) or the existing ``run_id``."""
+    """Which run: a new one (named ``run_name``, tagged ``tags``, described by ``description``) or the
+    existing ``run_id``."""
 
     run_id: str | None
     run_name: str | None
     tags: Mapping[str, str] | None
+    description: str | None
 
 
 def point_mlflow_at(uri: str) -> None:
@@ -57,16 +70,19 @@ def client(settings: Settings) -> MlflowClient:
 
 def experiment_id(settings: Settings, name: str, *, create: bool = True) -> str | None:
     """Id of the experiment ``name``, created with the project's artifact root if missing (None: missing
-    and ``create`` is false)."""
+    and ``create`` is false). Every experiment of the project opens in MLflow's model-training view."""
     mlflow_client = client(settings)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
+        if create and experiment.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag, or by another tool
+            mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_VIEW)
         return experiment.experiment_id
     if not create:
         return None
     root = settings.artifact_root
     try:
-        return mlflow_client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        return mlflow_client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                               tags={EXPERIMENT_KIND_TAG: TRAINING_VIEW})
     except MlflowException:  # created by a concurrent caller in the meantime
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
@@ -84,8 +100,50 @@ def open_run(settings: Settings, experiment: str | None = None, **run: Unpack[Ru
     if run_id is None:
         experiment_key = experiment_id(settings, experiment or settings.params.mlflow.experiment)
     tags, run_name = dict(run.get("tags") or {}), run.get("run_name")
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_key, run_name=run_name, tags=tags) as active:
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_key, run_name=run_name, tags=tags,
+                          description=run.get("description")) as active:
         yield active
+
+
+def describe_run(settings: Settings, run_id: str, *, name: str | None = None, note: str | None = None) -> None:
+    """Rename a run and/or replace its description, e.g. once the version it produced is known."""
+    mlflow_client = client(settings)
+    if name is not None:
+        mlflow_client.update_run(run_id, name=name)
+    if note is not None:
+        mlflow_client.set_tag(run_id, NOTE_TAG, note)
+
+
+def registered_run_name(run_name: str | None, version: str) -> str:
+    """The name of a training run once its model is a registry version: the version after the verb
+    (``train`` → ``train v3``, ``retrain fine_tuning`` → ``retrain v3 fine_tuning``)."""
+    verb, _, rest = (run_name or "train").partition(" ")
+    return " ".join(part for part in (verb, f"v{version}", rest) if part)
+
+
+def log_dataset(frame: pd.DataFrame, *, name: str, source: str, context: str, tags: Mapping[str, str]) -> None:
+    """Record ``frame`` as a dataset input of the active run (the UI's Datasets column); ``tags`` say which
+    data version it is."""
+    with warnings.catch_warnings():  # MLflow 3.17 registers its local-file source twice and says so on every call
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+    mlflow.log_input(dataset, context=context, tags=dict(tags))
+
+
+def run_link(settings: Settings, run_id: str) -> str:
+    """Where a person opens the run: its page in the MLflow UI, or ``runs:/ID`` without a tracking server."""
+    if not settings.tracking_uri.startswith(("http://", "https://")):
+        return f"runs:/{run_id}"
+    experiment = client(settings).get_run(run_id).info.experiment_id
+    return f"{settings.tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def model_version_link(settings: Settings, version: str, name: str | None = None) -> str:
+    """A registry version's page in the MLflow UI, or ``models:/NAME/VERSION`` without a tracking server."""
+    name = name or settings.model_name
+    if not settings.tracking_uri.startswith(("http://", "https://")):
+        return f"models:/{name}/{version}"
+    return f"{settings.tracking_uri.rstrip('/')}/#/models/{name}/versions/{version}"
 
 
 def log_run(

@@ -1,7 +1,9 @@
 """Drift checks between a reference profile and a window of production features, with an honest verdict.
 
-Evidently computes the per-feature tests and the report (``check_drift``); the project chooses the
-tests and their thresholds so that the dataset verdict keeps a stated false-alarm rate:
+The verdict is computed here, once per feature, with scipy (``run_drift_tests``); Evidently only shows
+it (``evidently_report``: the report of the monitor and of ``visionloop drift --report``, built where a
+report is asked for). The project chooses the tests and their thresholds so that the dataset verdict
+keeps a stated false-alarm rate:
 
 * **Tests per column** (the same at every sample size — Evidently's default would switch numeric
   columns to a Wasserstein distance above 1,000 reference rows):
@@ -33,10 +35,12 @@ tests and their thresholds so that the dataset verdict keeps a stated false-alar
   distance, unlike the p-value, does not grow with the window size, so a large window with a tiny
   but significant shift stays a warning.
 
-``run_drift_tests`` computes the tests with scipy alone (milliseconds): for calibration runs, benchmarks
-and the labeling queue. ``visionloop.monitoring.evidently_report.check_drift`` runs the same tests inside
-Evidently's report (about a second) for the monitor and the ``drift`` command; the tests check that both agree.
-The thresholds are arguments (``DriftThresholds``), filled by the caller from ``params.yaml``'s ``monitoring``.
+``run_drift_tests`` computes the verdict with scipy alone (milliseconds): ``visionloop drift --json``,
+calibration runs, benchmarks and the labeling queue. ``visionloop.monitoring.evidently_report.check_drift``
+adds Evidently's report of that same verdict (seconds, and Evidently's import) for the monitor and
+``visionloop drift --report``; it registers the tests with Evidently by name and refuses a report whose
+tests disagree with the verdict. The thresholds are arguments (``DriftThresholds``), filled by the caller
+from ``params.yaml``'s ``monitoring``.
 """
 
 from __future__ import annotations
@@ -223,15 +227,23 @@ def plan_tests(
 
 
 def run_drift_tests(
-    reference: pd.DataFrame, current: pd.DataFrame, thresholds: DriftThresholds, columns: list[str] | None = None
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    thresholds: DriftThresholds,
+    columns: list[str] | None = None,
+    **labels: str | None,
 ) -> DriftVerdict:
-    """The verdict of ``evidently_report.check_drift`` computed with scipy only — no report, no labels."""
+    """The verdict: each feature's test run once, with scipy (milliseconds) — no Evidently, no report.
+
+    ``labels``: what the verdict is about (``make_verdict``). ``evidently_report.drift_report`` shows a
+    verdict made here in Evidently's report, and checks that Evidently's tests agree with it.
+    """
     cols, tests, threshold = plan_tests(reference, current, columns, thresholds.alpha)
     features = []
     for column in cols:
         statistic, p_value = feature_test(tests[column], reference[column], current[column])
         features.append(FeatureTest(column, tests[column], statistic, p_value, threshold, p_value <= threshold))
-    return make_verdict(features, thresholds, n_reference=len(reference), n_current=len(current))
+    return make_verdict(features, thresholds, n_reference=len(reference), n_current=len(current), **labels)
 
 
 # --- the verdict as JSON -----------------------------------------------------------------------------

@@ -41,7 +41,9 @@ PROBABILITY_PREFIX = "prob_"
 # ITU-R BT.601 luma weights: the gray image that brightness, contrast, sharpness and entropy use.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _PREDICT_CHUNK = 512
-_STATS_CHUNK = 256  # images stacked at once: bounded memory for large images
+# Pixels computed on at once. Each pixel costs ~45 bytes of float and int64 temporaries, so this bounds the
+# statistics' memory to ~100 MB however many images there are and however large each is (issue 13, item 1).
+_STATS_PIXELS = 1 << 21
 
 
 def _canonical(image: np.ndarray) -> np.ndarray:
@@ -68,15 +70,25 @@ def image_statistics(image: np.ndarray) -> dict[str, float]:
     return image_statistics_many([image])[0]
 
 
-def image_statistics_many(images: list[np.ndarray], chunk: int = _STATS_CHUNK) -> list[dict[str, float]]:
+def image_statistics_many(images: list[np.ndarray], max_pixels: int = _STATS_PIXELS) -> list[dict[str, float]]:
     """``image_statistics`` of each image, computed on stacks of same-shape images (one numpy call per
-    statistic and stack instead of per image: ~5× faster on small images)."""
+    statistic and stack instead of per image: ~5× faster on small images).
+
+    A stack holds at most ``max_pixels`` pixels; an image larger than that is computed in row strips of
+    that size, so memory is bounded by pixels, not by the number or size of the images.
+    """
     canonical = [_canonical(image) for image in images]
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(canonical):
         by_shape.setdefault(image.shape, []).append(index)
     rows: list[dict[str, float]] = [{} for _ in canonical]
-    for indices in by_shape.values():
+    for shape, indices in by_shape.items():
+        pixels = shape[0] * shape[1]
+        if pixels > max_pixels:
+            for index in indices:
+                rows[index] = _strip_statistics(canonical[index], max(3, max_pixels // shape[1]))
+            continue
+        chunk = max_pixels // pixels
         for start in range(0, len(indices), chunk):
             part = indices[start : start + chunk]
             for index, row in zip(part, _stack_statistics(np.stack([canonical[i] for i in part])), strict=True):
@@ -88,44 +100,109 @@ def _stack_statistics(stack: np.ndarray) -> list[dict[str, float]]:
     """The statistics of N same-shape canonical images (N×H×W or N×H×W×3)."""
     n, height, width = stack.shape[:3]
     pixels = (1, 2)
+    gray, gray_u8, rg, yb = _gray_and_opponents(stack)
+    if rg is not None and yb is not None:
+        colourfulness = np.sqrt(rg.var(axis=pixels) + yb.var(axis=pixels)) + 0.3 * np.sqrt(
+            rg.mean(axis=pixels) ** 2 + yb.mean(axis=pixels) ** 2
+        )
+    else:
+        colourfulness = np.zeros(n)
+    sharpness = _laplacian(gray).var(axis=pixels) if height >= 3 and width >= 3 else np.zeros(n)
+    offsets = 256 * np.arange(n)[:, None]  # one 256-bin histogram per image in a single bincount
+    counts = np.bincount((gray_u8.reshape(n, -1) + offsets).ravel(), minlength=256 * n).reshape(n, 256)
+    brightness, contrast = gray.mean(axis=pixels), gray.std(axis=pixels)
+    return [
+        _row(brightness[i], contrast[i], sharpness[i], colourfulness[i], counts[i], width, height) for i in range(n)
+    ]
+
+
+def _strip_statistics(image: np.ndarray, rows_per_strip: int) -> dict[str, float]:
+    """The statistics of one large image from strips of ``rows_per_strip`` rows (plus a row of halo each side
+    for the Laplacian), combining each strip's mean and variance exactly (Chan et al.)."""
+    height, width = image.shape[:2]
+    gray_m, lap_m, rg_m, yb_m = _Moments(), _Moments(), _Moments(), _Moments()
+    counts = np.zeros(256, dtype=np.int64)
+    for top in range(0, height, rows_per_strip):
+        bottom = min(top + rows_per_strip, height)
+        halo_top, halo_bottom = max(top - 1, 0), min(bottom + 1, height)
+        gray, gray_u8, rg, yb = _gray_and_opponents(image[None, halo_top:halo_bottom])
+        own = slice(top - halo_top, bottom - halo_top)  # this strip's rows without the halo
+        gray_m.add(gray[0, own])
+        counts += np.bincount(gray_u8[0, own].ravel(), minlength=256)
+        if rg is not None and yb is not None:
+            rg_m.add(rg[0, own])
+            yb_m.add(yb[0, own])
+        if width >= 3 and halo_bottom - halo_top >= 3:
+            # Laplacian rows halo_top+1 .. halo_bottom-2: keep those that are this strip's own rows
+            first, last = max(top, halo_top + 1), min(bottom, halo_bottom - 1)
+            lap_m.add(_laplacian(gray)[0, first - halo_top - 1 : last - halo_top - 1])
+    colourfulness = np.sqrt(rg_m.var + yb_m.var) + 0.3 * np.sqrt(rg_m.mean**2 + yb_m.mean**2) if rg_m.n else 0.0
+    sharpness = lap_m.var if height >= 3 and width >= 3 else 0.0
+    return _row(gray_m.mean, np.sqrt(gray_m.var), sharpness, colourfulness, counts, width, height)
+
+
+class _Moments:
+    """Count, mean and variance of values seen in parts (the parallel update of Chan, Golub & LeVeque)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self._m2 = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        m = values.size
+        if m == 0:
+            return
+        mean = float(values.mean(dtype=np.float64))
+        m2 = float(values.var(dtype=np.float64)) * m
+        total = self.n + m
+        delta = mean - self.mean
+        self._m2 += m2 + delta * delta * self.n * m / total
+        self.mean += delta * m / total
+        self.n = total
+
+    @property
+    def var(self) -> float:
+        return self._m2 / self.n if self.n else 0.0
+
+
+def _gray_and_opponents(
+    stack: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Gray on [0, 1] (float32), gray as uint8, and the opponent channels rg, yb (None for gray images)."""
     if stack.ndim == 4:
         rgb = stack.astype(np.float32) * np.float32(1 / 255)
         gray = rgb @ _LUMA
         rg = rgb[..., 0] - rgb[..., 1]
         yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
-        colourfulness = np.sqrt(rg.var(axis=pixels) + yb.var(axis=pixels)) + 0.3 * np.sqrt(
-            rg.mean(axis=pixels) ** 2 + yb.mean(axis=pixels) ** 2
-        )
-        gray_u8 = np.rint(gray * 255).astype(np.uint8)
-    else:
-        gray = stack.astype(np.float32) * np.float32(1 / 255)
-        colourfulness = np.zeros(n)
-        gray_u8 = stack
-    if height >= 3 and width >= 3:
-        laplacian = (
-            gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:] - 4 * gray[:, 1:-1, 1:-1]
-        )
-        sharpness = laplacian.var(axis=pixels)
-    else:
-        sharpness = np.zeros(n)
-    offsets = 256 * np.arange(n)[:, None]  # one 256-bin histogram per image in a single bincount
-    counts = np.bincount((gray_u8.reshape(n, -1) + offsets).ravel(), minlength=256 * n).reshape(n, 256)
+        return gray, np.rint(gray * 255).astype(np.uint8), rg, yb
+    return stack.astype(np.float32) * np.float32(1 / 255), stack, None, None
+
+
+def _laplacian(gray: np.ndarray) -> np.ndarray:
+    """The 4-neighbour Laplacian of N×H×W gray images on their interior pixels: N×(H-2)×(W-2)."""
+    return gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:] - 4 * gray[:, 1:-1, 1:-1]
+
+
+def _row(
+    brightness: float,
+    contrast: float,
+    sharpness: float,
+    colourfulness: float,
+    counts: np.ndarray,
+    width: int,
+    height: int,
+) -> dict[str, float]:
     p = counts / (height * width)
-    entropy = -(p * np.log2(np.where(counts > 0, p, 1.0))).sum(axis=1) + 0.0  # + 0.0 turns -0.0 into 0.0
-    brightness, contrast = gray.mean(axis=pixels), gray.std(axis=pixels)
-    return [
-        {
-            "brightness": float(brightness[i]),
-            "contrast": float(contrast[i]),
-            "sharpness": float(sharpness[i]),
-            "colourfulness": float(colourfulness[i]),
-            "entropy": float(entropy[i]),
-            "width": float(width),
-            "height": float(height),
-            "aspect": width / height,
-        }
-        for i in range(n)
-    ]
+    entropy = -(p * np.log2(np.where(counts > 0, p, 1.0))).sum() + 0.0  # + 0.0 turns -0.0 into 0.0
+    return {
+        "brightness": float(brightness),
+        "contrast": float(contrast),
+        "sharpness": float(sharpness),
+        "colourfulness": float(colourfulness),
+        "entropy": float(entropy),
+        "width": float(width),
+        "height": float(height),
+        "aspect": width / height,
+    }
 
 
 # --- embedding reduction -------------------------------------------------------------------------

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from visionloop.contracts import DriftVerdict
 from visionloop.data.images import InvalidImage, canonicalize_image_bytes
-from visionloop.models.bundle import ServableModel
-from visionloop.monitoring.drift import DriftThresholds
-from visionloop.monitoring.evidently_report import Snapshot, check_drift
+from visionloop.monitoring.drift import DriftThresholds, run_drift_tests
 from visionloop.monitoring.features import feature_frame, fit_reduction, image_stat_frame, predict_in_chunks
+
+if TYPE_CHECKING:  # the caller loads the model (and so torch); a statistics-only check never imports it
+    from visionloop.models.bundle import ServableModel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -58,10 +60,15 @@ def load_folder(directory: Path | str, limits: ImageLimits) -> tuple[list[np.nda
 
 @dataclass
 class FolderCheck:
-    """The result of ``check_folders``: the verdict, Evidently's snapshot and the files refused."""
+    """The result of ``check_folders``: the verdict, the feature frames it was computed on, the files refused.
+
+    The frames are what a report of the verdict needs (``evidently_report.drift_report``), built only
+    when one is asked for.
+    """
 
     verdict: DriftVerdict
-    snapshot: Snapshot
+    reference: pd.DataFrame
+    current: pd.DataFrame
     refused: list[tuple[Path, str]]
 
 
@@ -93,14 +100,14 @@ def check_folders(
                              "drift needs images on both sides")
         refused = refused_ref + refused
         reference_frame, current_frame = folder_features(reference_images, current_images, model, n_components)
-    verdict, snapshot = check_drift(
+    verdict = run_drift_tests(
         reference_frame,
         current_frame,
         thresholds,
         model_name=model.name if model else None,
-        model_version=model.version if model else None,
+        model_version=str(model.version) if model else None,
     )
-    return FolderCheck(verdict, snapshot, refused)
+    return FolderCheck(verdict, reference_frame, current_frame, refused)
 
 
 def _current_features(images: list[np.ndarray], model: ServableModel | None) -> pd.DataFrame:

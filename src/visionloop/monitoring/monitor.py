@@ -4,7 +4,9 @@ The steps, one function each, so that ``visionloop monitor`` runs them in a row 
 Prefect ``monitor`` flow runs each one as a task:
 
 1. ``monitored.load_monitored`` — the model version to watch: the registry's champion unless told
-   otherwise, with its reference profile (seam 3).
+   otherwise, with its reference profile (seam 3); ``checks.nothing_new`` — whether anything (a prediction, a
+   feedback label) reached the log for it since its last check. Nothing new: the run says so and does nothing
+   else (``stale_result``): no report, no MLflow run, no Evidently snapshot, no alert.
 2. ``read_window`` — the latest ``monitoring.window`` predictions (or those since a time) **made by that
    version**. Predictions of other versions come from another network: their embedding and output
    features are not comparable with this version's reference, so they are left out. Right after a
@@ -18,6 +20,7 @@ Prefect ``monitor`` flow runs each one as a task:
 5. ``performance.monitor_performance`` — the version's predictions that got feedback labels, scored.
 6. ``alert_payload`` — what the alert carries: the verdict summary (``DriftVerdict.summary``) with
    ``cause``, merged with the performance degradation when labels show one.
+7. ``checks.record_check`` — the log's watermark the check judged, for the next run's step 1.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pandas as pd
 
 from visionloop.config import Settings
 from visionloop.contracts import DriftVerdict, Severity
+from visionloop.monitoring.checks import STALE, Watermark, nothing_new, record_check
 from visionloop.monitoring.drift import DriftThresholds, verdict_json
 from visionloop.monitoring.evidently_report import Snapshot, add_to_workspace, check_drift
 from visionloop.monitoring.features import feature_columns
@@ -41,7 +45,7 @@ from visionloop.monitoring.performance import PerformanceResult, monitor_perform
 from visionloop.monitoring.reports import log_check, write_outputs
 from visionloop.store.predlog import PredictionLog
 
-Status = Literal["ok", "drift", "not_enough_data"]
+Status = Literal["ok", "drift", "not_enough_data", "no_new_data"]
 SEVERITY_ORDER: dict[str, int] = {"none": 0, "warning": 1, "critical": 2}
 
 
@@ -80,6 +84,19 @@ class MonitorResult:
             "performance": self.performance.to_dict() if self.performance else None,
             "alert": self.alert,
         }
+
+
+# --- 1. anything new? ---------------------------------------------------------------------------------
+
+
+def stale_result(monitored: MonitoredModel, mark: Watermark) -> MonitorResult:
+    """The result of a check that found nothing new since the last one: it says so, and that is all."""
+    newest = f", newest at {mark.newest_prediction_at:%Y-%m-%d %H:%M:%S} UTC" if mark.newest_prediction_at else ""
+    return MonitorResult(
+        status=STALE, model_name=monitored.name, model_version=monitored.version, n_window=0,
+        message=f"nothing new since the last check: {mark.n_predictions} prediction(s) by {monitored.name} "
+        f"v{monitored.version}{newest}, no new prediction or feedback label; no check, no report, no alert",
+    )
 
 
 # --- 2. the window -----------------------------------------------------------------------------------
@@ -208,9 +225,13 @@ def run_monitor(
     """One monitoring run without Prefect: check, write, log to MLflow and Evidently; the alert is in the result.
 
     ``model``: what to watch (``monitored.load_monitored``; default the champion). With ``performance``, the
-    version's predictions that have feedback labels are scored too; a degradation joins the alert.
+    version's predictions that have feedback labels are scored too; a degradation joins the alert. When nothing
+    reached the log for the version since its last check, the result only says so (``stale_result``).
     """
     monitored = load_monitored(settings, model)
+    mark, stale = nothing_new(settings.db_url, monitored.name, monitored.version)
+    if stale:
+        return stale_result(monitored, mark)
     frame = read_window(settings, monitored, window=window, since=since)
     result = check_window(settings, monitored, frame)
     if result.verdict is not None and result.snapshot is not None:
@@ -221,4 +242,5 @@ def run_monitor(
     if performance:
         perf_dir = result.out_dir / "performance" if result.out_dir else None
         result.performance = monitor_performance(settings, monitored.model, out_dir=perf_dir)
+    record_check(settings.db_url, monitored.name, monitored.version, mark, result.status, result.mlflow_run_id)
     return result

@@ -1,9 +1,11 @@
 """The model version being watched, with what monitoring compares its traffic against (seam 3).
 
 A registered version's bundle comes from the local copy that ``visionloop.models.cache`` keeps per
-version (downloaded once); it must hold the reference profile, the per-image features of the data the
-version was trained on. The bundle's held-out test set supplies the "typical" image of each class shown
-beside the drifted images of a report.
+version (downloaded once); it must hold the reference profile, the per-image features of the held-out
+traffic the version is expected to serve (``training.train.expected_traffic``: the base data's held-out
+images or, for a model healed on labeled production images, those of them it did not train on). The
+bundle's held-out test set supplies the "typical" image of each class shown beside the drifted images of a
+report.
 """
 
 from __future__ import annotations

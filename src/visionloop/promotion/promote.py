@@ -9,7 +9,8 @@
 Safety: serving follows the ``champion`` alias, and the alias moves in one registry call, so a
 promotion is atomic from serving's point of view. The move happens under ``registry_lock`` and is
 compare-and-set: the champion is re-read under the lock and the change refused if it moved since
-the gate evaluated.
+the gate evaluated. A move is journaled before it happens (``audit.record_move``), so a job
+killed between the move and its record leaves a record for the next registry operation to log.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from visionloop.models.registry import (
     register_version,
     registry_lock,
 )
-from visionloop.promotion.audit import record_decision, version_label
+from visionloop.promotion.audit import finish_pending, record_decision, record_move, version_label
 from visionloop.promotion.gate import GateResult, headline, initial_gate, judge, refused
 from visionloop.promotion.gate_set import gate_set_for, unseen_by
 from visionloop.training.evaluate import Evaluation, evaluate_model
@@ -149,8 +150,10 @@ def apply_gate(settings: Settings, gate: GateResult, trigger: str) -> PromotionR
 
 
 def _apply_locked(settings: Settings, gate: GateResult, trigger: str) -> PromotionRecord:
+    finish_pending(settings)  # a move an earlier job made but did not record: record it before judging anew
     current = alias_version(settings, CHAMPION)
     decision, reason, to_version = gate.decision, gate.reason, current
+    moves = False
     if gate.passed and current != gate.champion_version:
         decision = "refused"
         reason = (
@@ -159,8 +162,7 @@ def _apply_locked(settings: Settings, gate: GateResult, trigger: str) -> Promoti
             f"against the new champion). The gate had found: {gate.reason}"
         )
     elif gate.passed:
-        move_champion(settings, gate.candidate_version)
-        to_version = gate.candidate_version
+        moves, to_version = True, gate.candidate_version
     record = PromotionRecord(
         model_name=settings.model_name,
         decision=decision,
@@ -171,5 +173,8 @@ def _apply_locked(settings: Settings, gate: GateResult, trigger: str) -> Promoti
         trigger=trigger,
         metrics=gate.metrics,
     )
-    record_decision(settings, record, gate)
+    if moves:
+        record_move(settings, record, lambda: move_champion(settings, gate.candidate_version), gate)
+    else:
+        record_decision(settings, record, gate)
     return record

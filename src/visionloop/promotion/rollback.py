@@ -16,7 +16,7 @@ from visionloop.models.registry import (
     registered_metrics,
     registry_lock,
 )
-from visionloop.promotion.audit import champion_stack, history, record_decision, version_label
+from visionloop.promotion.audit import champion_stack, finish_pending, history, record_move, version_label
 
 
 class NothingToRollBack(RegistryError):
@@ -27,18 +27,18 @@ def rollback(settings: Settings, trigger: str = "cli") -> PromotionRecord:
     """Move ``champion`` back to the champion before the current one, and record it."""
     name = settings.model_name
     with registry_lock(settings):
+        finish_pending(settings)
         current = alias_version(settings, CHAMPION)
         if current is None:
             raise NothingToRollBack(f"{name} has no champion to roll back")
         target = _previous_champion(settings, current)
         if target is None:
             raise NothingToRollBack(f"{name} has no earlier champion than v{current} in its promotion history")
-        move_champion(settings, target)
         reason = (
             f"rolled back: champion moved from v{current} back to v{target}, the champion before it "
             f"(asked by {trigger})"
         )
-        return _record(settings, "rollback", current, target, reason, trigger)
+        return _move_and_record(settings, "rollback", current, target, reason, trigger)
 
 
 def _previous_champion(settings: Settings, current: str) -> str | None:
@@ -62,19 +62,20 @@ def assign_champion(settings: Settings, version: str, reason: str, trigger: str 
     For what the gate cannot know (a known-bad champion, a fresh start); rollback walks back over it too.
     """
     with registry_lock(settings):
+        finish_pending(settings)
         model_version(settings, version)  # fails clearly for a version that does not exist
         current = alias_version(settings, CHAMPION)
-        move_champion(settings, version)
         why = (
             f"assigned by hand: champion moved from {version_label(current)} to v{version} without the gate ({reason})"
         )
-        return _record(settings, "assigned", current, version, why, trigger)
+        return _move_and_record(settings, "assigned", current, version, why, trigger)
 
 
-def _record(
+def _move_and_record(
     settings: Settings, decision: Decision, current: str | None, target: str, reason: str, trigger: str
 ) -> PromotionRecord:
-    """The record of a move made by hand, with both versions' registered test metrics side by side."""
+    """Move the champion to ``target`` and record it (journaled: ``audit.record_move``), with both
+    versions' registered test metrics side by side."""
     metrics = registered_metrics(settings, current, target)
     record = PromotionRecord(
         model_name=settings.model_name,
@@ -86,5 +87,5 @@ def _record(
         trigger=trigger,
         metrics={"champion": metrics.get(current or "", {}), "challenger": metrics.get(target, {})},
     )
-    record_decision(settings, record)
+    record_move(settings, record, lambda: move_champion(settings, target))
     return record

@@ -12,7 +12,8 @@ What serves what, one module each under ``routes/``:
 
 Routes receive what they need through ``deps`` (``Annotated`` dependencies over ``app.state``), their
 shapes are in ``schemas``. Bad input never costs the server: every problem is a 4xx JSON
-``{"detail": reason}``.
+``{"detail": reason}``, and ``guards`` refuses foreign hosts and origins, missing tokens and oversized
+bodies before a route reads a byte; an unexpected error is logged and answered with a request id only.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from visionloop.config import Settings
 from visionloop.serving.batcher import MicroBatcher
 from visionloop.serving.deps import LogWriter, token_guard
+from visionloop.serving.guards import RequestGuard, internal_error
 from visionloop.serving.reload import ModelManager
 from visionloop.serving.routes import feedback, health, labeling, model, pages, predict
 from visionloop.serving.schemas import ErrorResponse
@@ -57,6 +59,8 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
         summary="Image classification by the registry's champion, with every prediction logged.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their files from a CDN: routes.pages serves /docs offline
+        redoc_url=None,
         responses={500: {"model": ErrorResponse, "description": "Unexpected server error."}},
     )
     manager = ModelManager(model_source, poll_seconds=serving.poll_seconds, max_batch=serving.max_batch)
@@ -83,7 +87,8 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     app.state.token = settings.token
     app.state.labeling = labeling.LabelingState(settings)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, internal_error)
+    app.add_middleware(RequestGuard, serving=settings.params.serving, token=settings.token)
     for router in PUBLIC_ROUTERS:
         app.include_router(router)
     guard = token_guard(settings.token)
@@ -108,7 +113,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await poller
         state.batcher.stop()
-        await asyncio.to_thread(state.writer.close)
+        # Drain the log for serving.drain_seconds; what is left is spilled to <state dir>/spool, replayed next start.
+        await asyncio.to_thread(state.writer.close, state.settings.params.serving.drain_seconds)
         if state.writer.log is not None:
             state.writer.log.dispose()
         torch.set_num_threads(threads_before)  # the process may go on (tests, notebooks)
@@ -116,24 +122,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def make_writer(settings: Settings) -> LogWriter:
     """``serving.log_writer``: ``process`` keeps the writing off the serving interpreter's GIL; ``thread``
-    writes from a thread of this process. A database that cannot be opened disables the log, not serving."""
+    writes from a thread of this process. A database that cannot be opened disables the log, not serving.
+    Entries unwritten at a stop are spilled to ``<state dir>/spool`` and replayed by the next writer."""
     serving = settings.params.serving
     image_dir = settings.path(serving.image_dir) if serving.image_dir else settings.state_dir / "images"
     writer_class = ProcessLogWriter if serving.log_writer == "process" else PredictionLogWriter
+    kept = {"max_queue": serving.log_queue, "spool_dir": settings.state_dir / "spool"}
     try:
         prediction_log = PredictionLog(settings.db_url)
     except Exception as exc:  # noqa: BLE001 - a bad URL must not stop serving
         log.error("prediction log disabled: %s", exc)
-        return writer_class(None, image_dir, max_queue=serving.log_queue, init_error=str(exc))
-    return writer_class(prediction_log, image_dir, max_queue=serving.log_queue)
+        return writer_class(None, image_dir, init_error=str(exc), **kept)
+    return writer_class(prediction_log, image_dir, **kept)
 
 
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Every HTTP error as JSON; a dict detail (per-image errors of /predict) is the body itself."""
     content = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail}
     return JSONResponse(content, status_code=exc.status_code, headers=exc.headers)
-
-
-async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error")
-    return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)

@@ -4,7 +4,9 @@ Requests put their decoded images on a queue and await a future. One worker thre
 ``max_batch`` images — waiting at most ``max_wait_ms`` for more, and only while other requests are
 still being read (``arriving``), so a lone request pays no wait — reads the current model ONCE,
 runs one forward and resolves every future of the batch. A model swapped in meanwhile answers
-from the next batch on; the batch in flight keeps its reference to the old one.
+from the next batch on; the batch in flight keeps its reference to the old one. A request that
+names the model its images were decoded for (``submit(images, model)``) is answered by that model
+even when a swap happened while it waited: a new version may expect another channel count.
 
 Each forward pass is handed to ``log`` (the prediction-log writer's non-blocking ``submit``) as ONE
 ``PendingPredictions`` with an id per image, before any answer goes out: one log entry per batch
@@ -59,6 +61,7 @@ class _Item:
     images: list[np.ndarray]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    model: ServableModel | None = None  # the model the images were decoded for; None: whichever serves
 
 
 @dataclass
@@ -116,12 +119,16 @@ class MicroBatcher:
         with self._lock:
             self._arriving -= 1
 
-    def submit(self, images: list[np.ndarray]) -> asyncio.Future:
-        """Queue one request's images; await the returned future for its ``BatchResult``."""
+    def submit(self, images: list[np.ndarray], model: ServableModel | None = None) -> asyncio.Future:
+        """Queue one request's images; await the returned future for its ``BatchResult``.
+
+        ``model``: the model the images were decoded for (its channels); it answers them even if
+        another version was swapped in meanwhile.
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         try:
-            self._queue.put_nowait(_Item(images, future, loop))
+            self._queue.put_nowait(_Item(images, future, loop, model))
         except queue.Full:
             raise Overloaded("the server is overloaded (batch queue full); retry shortly") from None
         return future
@@ -170,10 +177,19 @@ class MicroBatcher:
         return batch, None, False
 
     def _forward(self, batch: list[_Item]) -> None:
-        model = self.get_model()  # read once: the whole batch is answered by one version
-        if model is None:
-            self._fail(batch, NoModelLoaded("no model version is loaded yet; see GET /ready"))
-            return
+        current = self.get_model()  # read once: the batch is answered by one version, bar requests decoded earlier
+        groups: dict[int, tuple[ServableModel | None, list[_Item]]] = {}
+        for item in batch:
+            model = item.model or current
+            groups.setdefault(id(model), (model, []))[1].append(item)
+        for model, items in groups.values():
+            if model is None:
+                self._fail(items, NoModelLoaded("no model version is loaded yet; see GET /ready"))
+            else:
+                self._answer(model, items)
+
+    def _answer(self, model: ServableModel, batch: list[_Item]) -> None:
+        """One forward of ``batch`` through ``model``; every request gets its share, or the error."""
         images = [image for item in batch for image in item.images]
         try:
             predictions = model.predict(images)

@@ -76,7 +76,10 @@ class FeedbackRequest(BaseModel):
 class FeedbackResponse(BaseModel):
     prediction_id: str = Field(description="The prediction that received the label.")
     label: str = Field(description="The stored true label.")
-    stored: bool = Field(description="Always true: the label is in the prediction log.")
+    stored: bool = Field(
+        description="Always true: the label is in the prediction log, or, for a prediction answered but not yet "
+        "written, queued to be written right after it (never refused because the log is behind)."
+    )
 
 
 # --- GET /model, /health, /ready --------------------------------------------------------------------
@@ -103,19 +106,25 @@ class ReloadError(BaseModel):
 
 
 class LogStatus(BaseModel):
-    state: str = Field(description="ok, or unavailable when the last attempt to reach the database failed.")
+    state: str = Field(
+        description="ok; degraded while a dead writer process is restarted (entries are kept and written after); "
+        "unavailable when the last attempt to reach the database failed."
+    )
     written: int = Field(description="Predictions written since start.")
     failed: int = Field(description="Predictions lost because the database refused them.")
     dropped: int = Field(description="Predictions not logged because the write queue was full.")
     image_failures: int = Field(description="Input images that could not be stored.")
     queued: int = Field(description="Predictions waiting to be written.")
+    restarts: int = Field(description="Times the writer process died and was restarted.")
+    spooled: int = Field(description="Entries spilled to <state dir>/spool at a stop, for the next start.")
+    replayed: int = Field(description="Spilled entries replayed at this start.")
     last_error: str | None = Field(None, description="The last failure.")
     last_error_at: str | None = Field(None, description="When it happened.")
 
 
 class HealthResponse(BaseModel):
     status: str = Field(description="Always 'ok' while the process answers.")
-    prediction_log: str = Field(description="ok | unavailable; answers go out either way.")
+    prediction_log: str = Field(description="ok | degraded | unavailable (see log.state); answers go out either way.")
     model_loaded: bool = Field(description="Whether a model version is serving (see GET /ready).")
     model_version: str | None = Field(None, description="The version serving now.")
     last_reload_error: ReloadError | None = Field(

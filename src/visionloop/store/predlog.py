@@ -50,14 +50,29 @@ class PredictionLog:
             return str(error).splitlines()[0]
 
     def write(self, records: Iterable[PredictionRecord]) -> int:
-        """Insert the records in one transaction; returns how many were written."""
+        """Insert the records in one transaction; returns how many were new.
+
+        Ids already stored are skipped, not refused: the serving writer replays entries it cannot know
+        were written (a writer process killed before it reported, a spool replayed after a stop), and
+        one such row must not cost the others of its insert. The check runs only after a conflict.
+        """
         rows = [record_to_row(r) for r in records]
         if not rows:
             return 0
         self.ensure_schema()
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(predictions_table.insert(), rows)
+            return len(rows)
+        except sa.exc.IntegrityError:
+            pass
         with self.engine.begin() as connection:
-            connection.execute(predictions_table.insert(), rows)
-        return len(rows)
+            ids = predictions_table.c.id
+            stored = set(connection.execute(sa.select(ids).where(ids.in_([row["id"] for row in rows]))).scalars())
+            fresh = list({row["id"]: row for row in rows if row["id"] not in stored}.values())
+            if fresh:
+                connection.execute(predictions_table.insert(), fresh)
+        return len(fresh)
 
     def add_feedback(self, prediction_id: str, label: str, at: datetime | None = None) -> bool:
         """Store the true label of a prediction; False when no prediction has that id."""

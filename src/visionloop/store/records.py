@@ -157,6 +157,18 @@ class PendingPredictions:
     source: str = "rest"
 
 
+@dataclass
+class PendingFeedback:
+    """A true label for a prediction that was answered but not yet logged: written right after it."""
+
+    prediction_id: str
+    label: str
+    at: datetime
+
+
+LogEntry = PendingPredictions | PendingFeedback  # what the serving writer queues, acknowledges and spills
+
+
 def prediction_features(
     images: list[np.ndarray], embeddings: np.ndarray, reduction: dict[str, Any] | None
 ) -> list[dict[str, float]]:

@@ -1,6 +1,7 @@
 """Every table of the project's database, in one SQLAlchemy metadata (migrated by Alembic).
 
-The prediction log, the labeling queue and its scans, label-review decisions and drift alerts live
+The prediction log, the labeling queue and its scans, label-review decisions, drift alerts and the monitor's
+checks live
 in one database (``Settings.db_url``). Modules import their tables from here; the schema changes only
 through a migration under ``visionloop/store/migrations``.
 """
@@ -16,6 +17,7 @@ LABEL_QUEUE = "label_queue"
 LABEL_QUEUE_SCANS = "label_queue_scans"
 LABEL_REVIEW = "label_review"
 ALERTS = "alerts"
+MONITOR_CHECKS = "monitor_checks"
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -117,4 +119,21 @@ alerts_table = sa.Table(
     sa.Column("flow_run_id", sa.String(64), nullable=True),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("outcome", sa.Text, nullable=True),  # promoted v3 / refused: … / failed: …
+)
+
+# One row per completed monitor check: what the log held for the watched version when it was judged, so that a
+# check finding nothing new since the last one does nothing (visionloop.monitoring.checks).
+monitor_checks_table = sa.Table(
+    MONITOR_CHECKS,
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("checked_at", UTCDateTime(), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("n_predictions", sa.Integer, nullable=False),  # the version's predictions in the log
+    sa.Column("newest_prediction_at", UTCDateTime(), nullable=True),
+    sa.Column("newest_feedback_at", UTCDateTime(), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),  # monitoring.monitor.Status
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),
+    sa.Index("ix_monitor_checks_model", "model_name", "model_version"),
 )

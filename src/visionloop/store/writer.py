@@ -1,9 +1,14 @@
-"""The prediction-log writer: serving never writes on the request path.
+"""The prediction-log writer: serving never writes on the request path, and never loses what it answered.
 
-``PredictionLogWriter`` takes answered predictions from a bounded queue in a background thread (or,
-through ``writer_process``, in a child process), computes their features, stores the input images as
-PNG (named by prediction id) and writes the rows. A database that is down costs the rows (counted and
+``PredictionLogWriter`` takes answered predictions from a queue in a background thread (or, through
+``writer_process``, in a child process), computes their features, stores the input images as PNG
+(named by prediction id) and writes the rows. A database that is down costs the rows (counted and
 reported by ``status()``), never the answer.
+
+Every entry is kept by the serving process (``WriterQueue``) until the writer acknowledges it: a writer
+process that dies is restarted and given again what it had not acknowledged, and at a stop what is
+still unwritten after ``serving.drain_seconds`` is spilled to disk (``spool``) and replayed at the next
+start. Feedback for a prediction still waiting is queued behind it (``submit_feedback``).
 """
 
 from __future__ import annotations
@@ -13,67 +18,24 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from visionloop.contracts import PredictionRecord
 from visionloop.store.predlog import PredictionLog
-from visionloop.store.records import PendingPredictions, build_records, image_file, save_png
+from visionloop.store.records import (
+    LogEntry,
+    PendingFeedback,
+    PendingPredictions,
+    build_records,
+    image_file,
+    save_png,
+)
+from visionloop.store.writer_queue import WriterQueue, WriterStatus
 
 logger = logging.getLogger(__name__)
-
-
-
-@dataclass
-class WriterStatus:
-    """What ``/health`` reports about the prediction log: rows written, lost and waiting, and the last error."""
-
-    state: str  # "ok" | "unavailable"
-    written: int = 0  # rows written
-    failed: int = 0  # rows lost because the database refused them
-    dropped: int = 0  # rows dropped because the queue was full
-    image_failures: int = 0  # images that could not be stored (their rows have no image_path)
-    queued: int = 0  # predictions waiting to be written
-    last_error: str | None = None
-    last_error_at: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class WriterQueue:
-    """The producer side both writers share: ``submit`` never blocks, and the ids not yet handled are known.
-
-    ``requests`` is any queue whose ``put_nowait`` raises ``queue.Full``: a ``queue.Queue`` for the writer
-    thread, a ``multiprocessing`` queue for the writer process (``writer_process``).
-    """
-
-    def __init__(self, requests: Any) -> None:
-        self._requests = requests
-        self._lock = threading.Lock()
-        self._pending: set[str] = set()  # prediction ids submitted and not yet handled
-        self._dropped = 0  # predictions refused because the queue was full
-
-    def submit(self, pending: PendingPredictions) -> bool:
-        """Queue answered predictions for logging; False (and counted as dropped) when the queue is full."""
-        with self._lock:
-            self._pending.update(pending.ids)
-        try:
-            self._requests.put_nowait(pending)
-            return True
-        except queue.Full:
-            with self._lock:
-                self._dropped += len(pending.ids)
-                self._pending.difference_update(pending.ids)
-            return False
-
-    def is_pending(self, prediction_id: str) -> bool:
-        """Submitted but not yet written: feedback on it is early, not for an unknown id."""
-        with self._lock:
-            return prediction_id in self._pending
 
 
 class PredictionLogWriter(WriterQueue):
@@ -93,17 +55,19 @@ class PredictionLogWriter(WriterQueue):
         image_dir: Path | None,
         *,
         max_queue: int,
+        spool_dir: Path | None = None,
         init_error: str | None = None,
         requests: Any = None,
     ) -> None:
         self.log = log
         self.image_dir = image_dir
-        # ``requests``: the multiprocessing queue in ``writer_process``, which runs this same loop in a child.
-        super().__init__(requests if requests is not None else queue.Queue(maxsize=max_queue))
+        # ``requests``: the queue ``writer_process`` gives the same loop in its child.
+        super().__init__(requests if requests is not None else queue.Queue(), max_queue=max_queue,
+                         spool_dir=spool_dir)
         self._totals = WriterStatus(state="ok")  # the counters; status() fills in state and queued
         self._last_ok = True
         self._any_write = False
-        self._in_flight = 0
+        self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         if log is None:
             self._fail(init_error or "no prediction log configured")
@@ -111,8 +75,9 @@ class PredictionLogWriter(WriterQueue):
     # -- lifecycle --
 
     def start(self) -> None:
-        """Probe the database and start the writer thread."""
+        """Probe the database, queue what an earlier stop spilled, and start the writer thread."""
         self.probe()
+        self._replay(self.log)
         self._thread = threading.Thread(target=self.run, name="prediction-log-writer", daemon=True)
         self._thread.start()
 
@@ -123,70 +88,51 @@ class PredictionLogWriter(WriterQueue):
             self._fail(f"cannot use the prediction log at {self.log!r}: {problem}")
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued (up to ``timeout``) and stop the thread."""
+        """Write what is queued for up to ``timeout`` seconds, stop the thread, spill what is left."""
         if self._thread is None:
             return
-        self.flush(timeout)
-        with suppress(queue.Full):
-            self._requests.put(None, timeout=1.0)
-        self._thread.join(timeout=timeout)
+        drained = self.flush(timeout)
+        self._closing.set()  # not drained: it stops after the batch it is writing, the rest is spilled
+        self._requests.put_nowait(None)
+        self._thread.join(timeout=5.0 if drained else 0.0)
         self._thread = None
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far has been handled; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                idle = not self._pending and self._in_flight == 0
-            if idle and self._requests.empty():
-                return True
-            time.sleep(0.005)
-        return False
+        self._spill()
 
     def status(self) -> WriterStatus:
         """A snapshot of the counters, for ``/health``."""
         with self._lock:
-            return replace(
-                self._totals,
-                state="ok" if self._last_ok else "unavailable",
-                dropped=self._dropped,
-                queued=len(self._pending),
-            )
+            return self._queue_counts(replace(self._totals, state="ok" if self._last_ok else "unavailable"))
 
     # -- the loop --
 
-    def run(self, on_handled: Callable[[list[str]], None] | None = None) -> None:
-        """Write what arrives until the ``None`` sentinel; ``on_handled(ids)`` after each batch, and with no
-        ids after each idle probe (how ``writer_process`` reports progress and status to its parent)."""
-        while True:
+    def run(self, on_handled: Callable[[list[int]], None] | None = None) -> None:
+        """Write what arrives until the ``None`` sentinel (or ``close``).
+
+        ``on_handled(seqs)`` after each batch, and with none after each idle probe: how ``writer_process``
+        reports progress and status to its parent; by default the entries are acknowledged here.
+        """
+        handled = on_handled or self._acknowledge
+        while not self._closing.is_set():
             try:
                 first = self._requests.get(timeout=self.probe_seconds)
             except queue.Empty:
                 self._probe_if_down()
-                if on_handled is not None:
-                    on_handled([])
+                handled([])
                 continue
-            if first is None:
+            if first is None or self._closing.is_set():
                 return
             batch, stop = self._collect(first)
-            with self._lock:
-                self._in_flight = len(batch)
             try:
-                self._write(batch)
+                self._write([entry for _, entry in batch])
             finally:
-                with self._lock:
-                    self._in_flight = 0
-                    for pending in batch:
-                        self._pending.difference_update(pending.ids)
-            if on_handled is not None:
-                on_handled([i for pending in batch for i in pending.ids])
+                handled([seq for seq, _ in batch])
             if stop:
                 return
 
-    def _collect(self, first: PendingPredictions) -> tuple[list[PendingPredictions], bool]:
+    def _collect(self, first: tuple[int, LogEntry]) -> tuple[list[tuple[int, LogEntry]], bool]:
         """Gather up to ``max_rows_per_write`` rows, lingering briefly so one commit carries many."""
         batch = [first]
-        rows = len(first.ids)
+        rows = _rows(first[1])
         deadline = time.monotonic() + self.linger_seconds
         while rows < self.max_rows_per_write:
             remaining = deadline - time.monotonic()
@@ -197,32 +143,47 @@ class PredictionLogWriter(WriterQueue):
             if item is None:
                 return batch, True
             batch.append(item)
-            rows += len(item.ids)
+            rows += _rows(item[1])
         return batch, False
 
-    def _write(self, batch: list[PendingPredictions]) -> None:
+    def _write(self, batch: list[LogEntry]) -> None:
+        """The predictions' rows in one insert, then the labels queued behind them, in order."""
         records: list[PredictionRecord] = []
         for pending in batch:
-            try:
-                records.extend(build_records(pending, self._store_images(pending)))
-            except Exception as error:  # noqa: BLE001 - a bad row must not stop the writer
-                logger.exception("could not build prediction records")
-                self._fail(f"features: {error}", rows=len(pending.ids), db_down=False)
-        if not records:
-            return
+            if isinstance(pending, PendingPredictions):
+                try:
+                    records.extend(build_records(pending, self._store_images(pending)))
+                except Exception as error:  # noqa: BLE001 - a bad row must not stop the writer
+                    logger.exception("could not build prediction records")
+                    self._fail(f"features: {error}", rows=len(pending.ids), db_down=False)
+        if records:
+            self._insert(records)
+        for feedback in (entry for entry in batch if isinstance(entry, PendingFeedback)):
+            self._apply_feedback(feedback)  # its prediction is in this batch or an earlier one
+
+    def _insert(self, records: list[PredictionRecord]) -> None:
         if self.log is None:
             self._fail("no prediction log configured", rows=len(records))
             return
         try:
-            self.log.write(records)
+            written = self.log.write(records)
         except Exception as error:  # noqa: BLE001 - the database being down must not stop serving
             logger.warning("prediction log write failed (%d rows lost): %s", len(records), error)
             self._fail(str(error).splitlines()[0], rows=len(records))
             return
         with self._lock:
-            self._totals.written += len(records)
+            self._totals.written += written
             self._last_ok = True
             self._any_write = True
+
+    def _apply_feedback(self, feedback: PendingFeedback) -> None:
+        try:
+            found = self.log is not None and self.log.add_feedback(feedback.prediction_id, feedback.label, feedback.at)
+        except Exception as error:  # noqa: BLE001 - as for rows: counted, never raised
+            found = False
+            logger.warning("queued feedback for %s not stored: %s", feedback.prediction_id, error)
+        if not found:
+            self._fail(f"queued feedback for {feedback.prediction_id} not stored", db_down=False)
 
     def _store_images(self, pending: PendingPredictions) -> list[str | None]:
         if self.image_dir is None:
@@ -254,3 +215,7 @@ class PredictionLogWriter(WriterQueue):
             self._totals.last_error_at = datetime.now(UTC).isoformat()
             if db_down:
                 self._last_ok = False
+
+
+def _rows(entry: LogEntry) -> int:
+    return len(entry.ids) if isinstance(entry, PendingPredictions) else 1

@@ -1,63 +1,20 @@
-"""The small CNN, its LightningModule and the transfer-learning strategies."""
+"""The LightningModule around the network (``visionloop.models.network.SmallCNN``) and the transfer-learning
+strategies: the training stack, which inference never imports."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from visionloop.models.network import SmallCNN
 from visionloop.params import Params
 
 STRATEGIES = ("full", "fine_tuning", "feature_extraction")
-
-
-class SmallCNN(nn.Module):
-    """Conv blocks → global pooling → embedding → classifier head. No torchvision needed."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 1,
-        widths: tuple[int, ...] | list[int] = (16, 32, 64),
-        embedding_dim: int = 64,
-        dropout: float = 0.2,
-    ) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = []
-        channels = in_channels
-        for width in widths:
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(channels, width, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(width, width, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                    nn.MaxPool2d(2),
-                )
-            )
-            channels = width
-        self.blocks = nn.ModuleList(blocks)
-        self.embed = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, embedding_dim), nn.ReLU(inplace=True)
-        )
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(embedding_dim, num_classes)
-
-    def embedding(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.embed(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.embedding(x)))
 
 
 class ImageClassifier(pl.LightningModule):
@@ -168,28 +125,3 @@ def architecture_from_params(params: Params, num_classes: int) -> dict[str, Any]
         "embedding_dim": params.model.embedding_dim,
         "dropout": params.model.dropout,
     }
-
-
-def build_network(config: dict[str, Any]) -> SmallCNN:
-    return SmallCNN(
-        config["num_classes"], config["in_channels"], config["widths"], config["embedding_dim"], config["dropout"]
-    )
-
-
-def inference_network(network: nn.Module) -> nn.Module:
-    """A prediction-only copy, about 2× faster on CPU: BatchNorm folded into the convolution before it, and
-    the weights in channels_last (oneDNN's fast layout). Same outputs to ~1e-5; ``network`` is left as is.
-    """
-
-    def fold(module: nn.Module) -> None:
-        for child in module.children():
-            fold(child)
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                conv, norm = module[i], module[i + 1]
-                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                    module[i], module[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
-
-    fast = copy.deepcopy(network).eval()
-    fold(fast)
-    return fast.to(memory_format=torch.channels_last)

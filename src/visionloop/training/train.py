@@ -15,6 +15,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -26,10 +27,11 @@ from visionloop.data.lineage import data_version as compute_data_version
 from visionloop.data.lineage import git_commit, git_dirty
 from visionloop.data.manifest import read_manifest
 from visionloop.data.prepare import source_from_settings
+from visionloop.data.snapshot import PRODUCTION_ORIGIN
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import load_registered
 from visionloop.models.registry import is_model_uri
-from visionloop.models.tracking import flatten, open_run
+from visionloop.models.tracking import flatten, log_dataset, open_run
 from visionloop.monitoring.features import build_reference_profile
 from visionloop.training.datamodule import ImageDataModule, class_names, load_images
 from visionloop.training.model import ImageClassifier, architecture_from_params
@@ -173,11 +175,18 @@ def train(
         "strategy": model.hparams.strategy,
         "trigger": trigger,
     }
-    with open_run(settings, run_name=run_name, tags=tags) as run:
+    strategy = model.hparams.strategy
+    name = run_name or ("train" if base_weights is None else f"train {strategy}")
+    description = describe_training(settings, manifest, data_version, base_weights, strategy, model.hparams.lr,
+                                    trigger)
+    with open_run(settings, run_name=name, tags=tags, description=description) as run:
         mlflow.log_params(flatten(settings.params.model_dump(mode="json")))
-        mlflow.log_params({"effective.lr": model.hparams.lr, "effective.strategy": model.hparams.strategy,
+        mlflow.log_params({"effective.lr": model.hparams.lr, "effective.strategy": strategy,
                            "effective.n_classes": len(classes)})
         _log_data_report(prepared_dir)
+        log_dataset(manifest.drop(columns=["abs_path"], errors="ignore"), name=f"{settings.model_name} data",
+                    source=str(settings.path(data_version.path)), context="training",
+                    tags={**data_version.as_tags(), "n_images": str(len(manifest))})
         checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc",
                                      mode="max", save_top_k=1, save_last=False)
         trainer = pl.Trainer(
@@ -207,6 +216,19 @@ def train(
     return result
 
 
+def describe_training(
+    settings: Settings, manifest, data_version: DataVersion, base: BaseWeights | None, strategy: str, lr: float,
+    trigger: str,
+) -> str:
+    """The run's description in the MLflow UI: what was trained from what, on which data, and why."""
+    splits = manifest["split"].value_counts()
+    counts = " / ".join(f"{int(splits.get(split, 0))} {split}" for split in ("train", "val", "test"))
+    start = "Trained from scratch" if base is None else f"Fine-tuned from {base.uri} (strategy {strategy})"
+    return (f"{start} on data version {data_version.dvc_hash} ({data_version.path}, {len(manifest)} images: "
+            f"{counts}); {settings.params.train.epochs} epochs at lr {lr:g}; trigger `{trigger}`. "
+            "The run is named after its registry version once registered.")
+
+
 def write_bundle(settings: Settings, model, classes: list[str], datamodule, out_dir: Path) -> Path:
     """Write the bundle files (contracts.BUNDLE_FILES) under ``out_dir``; the reference profile included."""
 
@@ -219,13 +241,31 @@ def write_bundle(settings: Settings, model, classes: list[str], datamodule, out_
     (root / BUNDLE_FILES["classes"]).write_text(json.dumps(classes))
     servable = ServableModel(network, pipeline_to_json(datamodule.eval_pipeline), classes, model.architecture)
     # The reference is held-out data: embeddings of training images are over-confident.
-    reference = datamodule.manifest[datamodule.manifest["split"].isin(["val", "test"])]
+    held_out = datamodule.manifest[datamodule.manifest["split"].isin(["val", "test"])]
     components = settings.params.monitoring.embedding_components
-    profile, reduction = build_reference_profile(servable, load_images(reference["abs_path"].tolist()), components)
-    profile.to_parquet(root / BUNDLE_FILES["reference_profile"], index=False)
+    profile, reduction = build_reference_profile(servable, load_images(held_out["abs_path"].tolist()), components)
+    keep = expected_traffic(held_out, settings.params.monitoring.min_window)
+    profile[keep].reset_index(drop=True).to_parquet(root / BUNDLE_FILES["reference_profile"], index=False)
     write_test_set(datamodule.manifest[datamodule.manifest["split"] == "test"], root / BUNDLE_FILES["test_set"])
     (root / BUNDLE_FILES["embedding_reduction"]).write_text(json.dumps(reduction))
     return root
+
+
+def expected_traffic(held_out: pd.DataFrame, min_rows: int) -> np.ndarray:
+    """Which held-out rows make the reference profile: the traffic the model is expected to serve (a mask).
+
+    A model trained on the base data expects base-like traffic: every held-out row. A model healed on labeled
+    production images (``origin`` "production", the shift that raised the alert) was made for that traffic: its
+    reference is the held-out production images alone, so the traffic it was adapted to raises no new alert
+    (against a mostly-base reference it would, and start retrains that cannot help) while a different shift,
+    or a return to the old traffic, still does. Fewer than ``min_rows`` (``monitoring.min_window``) held-out
+    production images are too few to judge a window against: the reference stays every held-out row.
+    (The embedding reduction is fitted on every held-out row either way, for stable components.)
+    """
+    production = (held_out["origin"] == PRODUCTION_ORIGIN).to_numpy() if "origin" in held_out.columns else None
+    if production is None or production.sum() < min_rows:
+        return np.ones(len(held_out), dtype=bool)
+    return production
 
 
 def write_test_set(rows, directory: Path) -> None:

@@ -3,6 +3,11 @@
 They are separate because an orchestrator restarts a process that is not alive but only withholds
 traffic from one that is not ready: a server waiting for its first champion, or whose prediction log
 is down, is alive and must not be restarted.
+
+``/ready`` does not follow the prediction log: while it is ``degraded`` (a dead writer process being
+restarted) answers go out and their entries are kept for the new writer, and while it is
+``unavailable`` (the database) taking the server out of rotation would not bring the database back.
+Both are for an operator, in ``/health``'s ``prediction_log`` and ``log`` counters.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness and the state of the prediction log")
 def health(manager: ManagerDep, writer: WriterDep, batcher: BatcherDep, uptime: Uptime) -> HealthResponse:
-    """200 while the process answers; says whether the prediction log is reachable."""
+    """200 while the process answers; says whether the prediction log is writing (ok), restarting its writer
+    (degraded) or cannot reach its database (unavailable)."""
     status = manager.status()
     log_status = writer.status()
     stats = batcher.stats
@@ -45,6 +51,7 @@ def health(manager: ManagerDep, writer: WriterDep, batcher: BatcherDep, uptime: 
     summary="Readiness: a model is loaded and warmed up",
 )
 def ready(model: ServingModel) -> JSONResponse:
+    """200 once a model is loaded and checked, whatever the prediction log's state (module docstring)."""
     if model is None:
         body = ReadyResponse(ready=False, detail="no model version loaded yet")
         return JSONResponse(body.model_dump(), status_code=503)

@@ -3,7 +3,8 @@
 * ``GET /label/next`` — the next queued item; ``?session=`` holds it for that labeler.
 * ``GET /label/image/{prediction_id}`` — the stored input image (PNG).
 * ``POST /label/{prediction_id}`` ``{"label": ...}`` — stored exactly like ``POST /feedback``;
-  ``POST /label/{prediction_id}/skip``, ``POST /label/{prediction_id}/invalid``.
+  ``POST /label/{prediction_id}/skip``, ``POST /label/{prediction_id}/invalid``. With ``?session=``
+  each is refused (409) when that session's lease ran out and another labeler holds the image.
 * ``GET /label/review/items`` — training images whose label the model disputes (``visionloop.labeling.suspects``),
   ``POST /label/review/decisions`` (confirm/correct), ``POST /label/review/apply`` — every pending
   correction as ONE new DVC data snapshot.
@@ -26,7 +27,7 @@ from fastapi.responses import FileResponse
 from visionloop.config import Settings
 from visionloop.data.manifest import read_manifest
 from visionloop.labeling.confident_learning import ordered_classes
-from visionloop.labeling.queue import LabelQueue, QueueError, UnknownItem
+from visionloop.labeling.queue import LabelQueue, LeaseLost, QueueError, UnknownItem
 from visionloop.labeling.review import CONFIRMED, CORRECTED, ReviewStore, apply_corrections, undecided
 from visionloop.labeling.rules import LabelingRules
 from visionloop.labeling.suspects import load_or_compute_suspects, prepared_dir
@@ -35,6 +36,10 @@ from visionloop.serving.schemas import LabelBody, LabelResult, ReviewDecision
 from visionloop.store.predlog import PredictionLog
 
 REVIEW_PAGE_SIZE = 60
+NO_PREPARED_DATA = "no prepared data; run `visionloop data prepare`"
+SessionQuery = Annotated[
+    str | None, Query(max_length=64, description="The labeler's session: holds the item, and must still hold it.")
+]
 
 
 class LabelingState:
@@ -57,7 +62,7 @@ class LabelingState:
         """The prepared data's manifest indexed by sha256, read again only when the file changed; 404 without."""
         path = prepared_dir(self.settings) / "manifest.csv"
         if not path.exists():
-            raise HTTPException(404, f"no prepared data at {path.parent}; run `visionloop data prepare`")
+            raise HTTPException(404, NO_PREPARED_DATA)  # never the server's paths in an answer
         stamp = path.stat().st_mtime_ns
         if self._manifest is None or self._manifest[0] != stamp:
             self._manifest = (stamp, read_manifest(path.parent).set_index("sha256", drop=False))
@@ -104,8 +109,8 @@ def review_items(
     try:
         with state.suspects_lock:
             suspects = load_or_compute_suspects(settings, model)
-    except FileNotFoundError as error:
-        raise HTTPException(404, f"no prepared data: {error}") from None
+    except FileNotFoundError:
+        raise HTTPException(404, NO_PREPARED_DATA) from None
     decisions = reviews.decisions()
     open_items = undecided(suspects, decisions)
     classes = ordered_classes([*model.classes, *state.manifest()["label"].unique()])
@@ -115,6 +120,8 @@ def review_items(
         "model_version": str(model.version),
         "classes": classes,
         "total_suspects": len(suspects),
+        "computed_at": suspects.attrs.get("created_at"),  # when, and over how many images, the review was computed
+        "images_reviewed": suspects.attrs.get("images"),
         "open": len(open_items),
         "confirmed": int((decisions["decision"] == CONFIRMED).sum()),
         "pending_corrections": [
@@ -141,7 +148,10 @@ def review_image(sha256: str, state: Labeling) -> FileResponse:
     frame = state.manifest()
     if sha256 not in frame.index:
         raise HTTPException(404, f"no prepared image with sha256 {sha256!r}")
-    return FileResponse(frame.loc[sha256, "abs_path"], media_type="image/png")
+    path = Path(frame.loc[sha256, "abs_path"])
+    if not path.is_file():  # the manifest names it, the file is gone: the data changed under the server
+        raise HTTPException(404, f"the prepared image {sha256!r} is missing; run `visionloop data prepare` again")
+    return FileResponse(path, media_type="image/png")
 
 
 @router.post("/label/review/decisions", summary="Confirm or correct a disputed label")
@@ -218,9 +228,13 @@ def image(prediction_id: str, plog: PredictionLogDep) -> FileResponse:
 @router.post(
     "/label/{prediction_id}", response_model=LabelResult, summary="Label an image (stored like POST /feedback)"
 )
-def label(prediction_id: str, body: LabelBody, model: CurrentModel, queue: Queue) -> LabelResult:
+def label(
+    prediction_id: str, body: LabelBody, model: CurrentModel, queue: Queue, session: SessionQuery = None
+) -> LabelResult:
     try:
-        in_queue = queue.submit_label(prediction_id, body.label, classes=model.classes)
+        in_queue = queue.submit_label(prediction_id, body.label, classes=model.classes, session=session)
+    except LeaseLost as error:
+        raise HTTPException(409, str(error)) from None
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
     except UnknownItem:
@@ -229,15 +243,21 @@ def label(prediction_id: str, body: LabelBody, model: CurrentModel, queue: Queue
 
 
 @router.post("/label/{prediction_id}/skip", response_model=LabelResult, summary="Skip an image")
-def skip(prediction_id: str, queue: Queue) -> LabelResult:
-    return _transition(queue.skip, prediction_id, "skipped")
+def skip(prediction_id: str, queue: Queue, session: SessionQuery = None) -> LabelResult:
+    return _transition(lambda pid: queue.skip(pid, session=session), prediction_id, "skipped")
 
 
 @router.post(
     "/label/{prediction_id}/invalid", response_model=LabelResult, summary="Mark an image as not valid for this task"
 )
-def invalid(prediction_id: str, queue: Queue) -> LabelResult:
-    return _transition(queue.mark_invalid, prediction_id, "invalid")
+def invalid(prediction_id: str, queue: Queue, session: SessionQuery = None) -> LabelResult:
+    return _transition(lambda pid: queue.mark_invalid(pid, session=session), prediction_id, "invalid")
+
+
+@router.post("/label/{prediction_id}/undo", response_model=LabelResult, summary="Undo the last answer on an image")
+def undo(prediction_id: str, queue: Queue, session: SessionQuery = None) -> LabelResult:
+    """A labeled, skipped or invalid image is queued again (a label is removed); the session gets it next."""
+    return _transition(lambda pid: queue.undo(pid, session=session), prediction_id, "queued")
 
 
 @metrics_router.get("/metrics/labeling", summary="Labeling progress")

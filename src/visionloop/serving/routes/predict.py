@@ -41,7 +41,7 @@ async def predict(request: Request, model: CurrentModel, batcher: BatcherDep, se
         good = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
         if not good:
             refuse(parts, decoded)
-        future = batcher.submit([decoded[i] for i in good])
+        future = batcher.submit([decoded[i] for i in good], model)  # answered by the model it was decoded for
     except Overloaded as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
     finally:

@@ -66,6 +66,7 @@ const vl = (() => {
   let classes = [];
   let busy = false;
   let imageUrl = null;
+  let last = null; // the last answer of this tab ({id, message}): the undo button takes it back
 
   function setStatus(text, kind = "") {
     $("status").textContent = text;
@@ -75,7 +76,9 @@ const vl = (() => {
   function setBusy(value) {
     busy = value;
     document.body.dataset.state = value ? "busy" : (item ? "ready" : "empty");
-    for (const button of document.querySelectorAll("button")) button.disabled = value || !item;
+    for (const button of document.querySelectorAll("button")) {
+      button.disabled = value || (button.id === "undo" ? !last : !item);
+    }
   }
 
   function renderClasses() {
@@ -168,8 +171,10 @@ const vl = (() => {
     const id = item.prediction_id;
     setBusy(true);
     try {
-      await vl.postJSON(path.replace("{id}", encodeURIComponent(id)), body);
+      // the session proves this tab still holds the image: a label after its lease went to someone else is refused
+      await vl.postJSON(path.replace("{id}", encodeURIComponent(id)) + "?session=" + encodeURIComponent(session), body);
       setStatus(message + " (" + id.slice(0, 8) + ")", "ok");
+      last = { id, message };
     } catch (error) {
       setStatus("Not saved: " + error.message, "error");
       setBusy(false);
@@ -182,7 +187,25 @@ const vl = (() => {
   const skip = () => act("/label/{id}/skip", undefined, "Skipped");
   const invalid = () => act("/label/{id}/invalid", undefined, "Marked as not a valid image");
 
+  async function undo() {
+    if (busy || !last) return;
+    const { id, message } = last;
+    setBusy(true);
+    try {
+      // queued again (a label is removed from the log) and held for this tab: it is the next image shown
+      await vl.postJSON("/label/" + encodeURIComponent(id) + "/undo?session=" + encodeURIComponent(session));
+      last = null;
+      setStatus("Undone: " + message.toLowerCase() + " (" + id.slice(0, 8) + ")", "ok");
+    } catch (error) {
+      setStatus("Could not undo: " + error.message, "error");
+      setBusy(false);
+      return;
+    }
+    await loadNext();
+  }
+
   $("skip").addEventListener("click", skip);
+  $("undo").addEventListener("click", undo);
   $("invalid").addEventListener("click", invalid);
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
@@ -194,6 +217,8 @@ const vl = (() => {
       event.preventDefault(); skip();
     } else if (event.key === "x" || event.key === "X") {
       event.preventDefault(); invalid();
+    } else if (event.key === "u" || event.key === "U") {
+      event.preventDefault(); undo();
     }
   });
   loadNext();

@@ -69,6 +69,10 @@
       $("model").textContent = "model v" + data.model_version;
       $("summary").textContent = data.total_suspects + " suspected label errors, " + data.open +
         " still to review, " + data.confirmed + " confirmed, " + pending + " corrections waiting.";
+      $("computed").textContent = "Computed " +
+        (data.computed_at ? new Date(data.computed_at).toLocaleString() : "at an unknown time") +
+        (data.images_reviewed === null || data.images_reviewed === undefined ? "" : " over " + data.images_reviewed +
+          " prepared images") + " by model v" + data.model_version + ".";
       $("grid").replaceChildren(...data.items.map(card));
       refreshApply();
       document.body.dataset.state = "ready";

@@ -1,0 +1,91 @@
+"""The monitor's memory: what the prediction log held for a version when it was last checked.
+
+The scheduled monitor runs every few minutes whether or not traffic came in. Judging the same window twice
+would log a duplicate MLflow run and Evidently snapshot and raise (or suppress) the same alert again, so each
+completed check records the log's *watermark* for the watched version — how many predictions it has, the
+newest one's time, the newest feedback label's time — and a check that finds the same watermark does nothing
+but say so. A new prediction (even one the log writer stored late, with an older time: the count changes) or a
+new feedback label (performance can be judged anew) makes the next check a real one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from visionloop.store.database import ensure_schema, make_engine
+from visionloop.store.schema import monitor_checks_table, predictions_table
+
+STALE = "no_new_data"
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far the log reached for one version: its number of predictions, their newest time, the newest label."""
+
+    n_predictions: int
+    newest_prediction_at: datetime | None
+    newest_feedback_at: datetime | None
+
+
+class CheckLog:
+    """The ``monitor_checks`` table beside the prediction log."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        ensure_schema(self.engine)
+
+    def watermark(self, model_name: str, model_version: str) -> Watermark:
+        """The log's watermark for this version now."""
+        p = predictions_table.c
+        query = sa.select(sa.func.count(), sa.func.max(p.created_at), sa.func.max(p.feedback_at)).where(
+            p.model_name == model_name, p.model_version == model_version)
+        with self.engine.connect() as connection:
+            count, newest, feedback = connection.execute(query).one()
+        # Aggregates come back untyped (naive on SQLite): through the column type, as every read of a time.
+        as_time = predictions_table.c.created_at.type.process_result_value
+        return Watermark(int(count), as_time(newest, self.engine.dialect), as_time(feedback, self.engine.dialect))
+
+    def last(self, model_name: str, model_version: str) -> Watermark | None:
+        """The watermark of the last completed check of this version, or None when it was never checked."""
+        c = monitor_checks_table.c
+        query = (sa.select(c.n_predictions, c.newest_prediction_at, c.newest_feedback_at)
+                 .where(c.model_name == model_name, c.model_version == model_version)
+                 .order_by(c.id.desc()).limit(1))
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else Watermark(*row)
+
+    def record(self, model_name: str, model_version: str, mark: Watermark, status: str,
+               mlflow_run_id: str | None = None) -> None:
+        """Remember a completed check and the watermark it judged."""
+        with self.engine.begin() as connection:
+            connection.execute(monitor_checks_table.insert().values(
+                checked_at=datetime.now(UTC), model_name=model_name, model_version=model_version,
+                n_predictions=mark.n_predictions, newest_prediction_at=mark.newest_prediction_at,
+                newest_feedback_at=mark.newest_feedback_at, status=status, mlflow_run_id=mlflow_run_id))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def nothing_new(url: str, model_name: str, model_version: str) -> tuple[Watermark, bool]:
+    """The version's watermark now, and whether the last check already judged exactly that."""
+    log = CheckLog(url)
+    try:
+        mark = log.watermark(model_name, model_version)
+        return mark, mark == log.last(model_name, model_version)
+    finally:
+        log.dispose()
+
+
+def record_check(url: str, model_name: str, model_version: str, mark: Watermark, status: str,
+                 mlflow_run_id: str | None = None) -> None:
+    """``CheckLog.record`` for one completed check."""
+    log = CheckLog(url)
+    try:
+        log.record(model_name, model_version, mark, status, mlflow_run_id)
+    finally:
+        log.dispose()
