@@ -22,7 +22,7 @@ from visionloop.batch.inputs import shard_inputs
 from visionloop.batch.output import OutputLayout, expand_output
 from visionloop.batch.predict import BatchOptions
 from visionloop.config import Settings
-from visionloop.models.registry import version_uri
+from visionloop.models.uris import version_uri
 
 
 @flow(name="batch_inference", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))

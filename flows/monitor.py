@@ -25,7 +25,7 @@ from tasks.monitor import (
     save_report,
 )
 from visionloop.config import Settings
-from visionloop.models.registry import version_uri
+from visionloop.models.uris import version_uri
 from visionloop.monitoring.monitor import alert_payload, stale_result
 from visionloop.monitoring.outputs import new_output_dir
 

@@ -29,7 +29,7 @@ from visionloop.contracts import PromotionRecord
 from visionloop.data import dvcrepo
 from visionloop.healing.alerts import RETRAIN_STARTED
 from visionloop.healing.retrain import RetrainWorkspace
-from visionloop.models.registry import alias_uri
+from visionloop.models.uris import alias_uri
 
 
 @flow(name="retrain", log_prints=True)

@@ -17,7 +17,7 @@ def test_a_healed_model_settles_on_its_traffic_and_still_sees_a_new_shift(
 ) -> None:
     from visionloop.data.corruptions import corrupt
     from visionloop.healing import retrain
-    from visionloop.models.registry import alias_uri
+    from visionloop.models.uris import alias_uri
     from visionloop.monitoring.monitor import run_monitor
     from visionloop.monitoring.monitored import load_monitored
 

@@ -9,7 +9,8 @@ from visionloop.config import Settings
 from visionloop.contracts import BUNDLE_FILES
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import load_registered
-from visionloop.models.registry import alias_uri, resolve
+from visionloop.models.registry import resolve
+from visionloop.models.uris import alias_uri
 
 
 def pin_model_uri(settings: Settings, model_uri: str | None = None) -> tuple[str, str]:

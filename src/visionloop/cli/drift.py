@@ -21,7 +21,8 @@ def champion_model(settings: Settings) -> ServableModel | None:
     from mlflow.exceptions import MlflowException
 
     from visionloop.models.cache import load_registered
-    from visionloop.models.registry import RegistryError, alias_uri
+    from visionloop.models.registry import RegistryError
+    from visionloop.models.uris import alias_uri
 
     try:
         model = load_registered(settings, alias_uri(settings.model_name))
@@ -67,7 +68,7 @@ def register(app: typer.Typer) -> None:
         try:
             servable = None
             if model:
-                from visionloop.models.cache import load_model
+                from visionloop.models.spec import load_model
 
                 servable = load_model(settings, model)
             elif not stats_only:

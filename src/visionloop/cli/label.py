@@ -90,8 +90,8 @@ def register(app: typer.Typer) -> None:
         corrects them on /label/review, and corrections become a new DVC data version.
         """
         from visionloop.labeling.suspects import save_suspects, suspects_for_prepared
-        from visionloop.models.cache import load_model
-        from visionloop.models.registry import alias_uri
+        from visionloop.models.spec import load_model
+        from visionloop.models.uris import alias_uri
 
         settings = Settings.load()
         try:

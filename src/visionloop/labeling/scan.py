@@ -27,7 +27,8 @@ from visionloop.data.images import load_image
 from visionloop.labeling.queue import LabelQueue
 from visionloop.labeling.rules import DRIFT, REASONS, LabelingRules, rule_scores
 from visionloop.models.cache import load_project_version, load_registered, load_version, version_dir
-from visionloop.models.registry import alias_uri, is_model_uri, resolve, version_uri
+from visionloop.models.registry import resolve
+from visionloop.models.uris import alias_uri, is_model_uri, version_uri
 from visionloop.monitoring.drift import DriftThresholds, run_drift_tests
 from visionloop.monitoring.features import CONFIDENCE_COLUMN, EMBEDDING_PREFIX, IMAGE_STAT_COLUMNS, predict_in_chunks
 from visionloop.promotion.audit import champion_stack, history

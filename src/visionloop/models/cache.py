@@ -20,7 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from visionloop.config import Settings
 from visionloop.models.bundle import ServableModel
-from visionloop.models.registry import is_model_uri, model_version, resolve
+from visionloop.models.registry import model_version, resolve
 from visionloop.models.tracking import point_mlflow_at
 
 COMPLETE = ".complete"
@@ -75,13 +75,3 @@ def load_registered(settings: Settings, model_uri: str) -> ServableModel:
 def load_project_version(settings: Settings, version: str) -> ServableModel:
     """Version ``version`` of the project's registered model (``registry.model_name``), in memory."""
     return load_version(settings, model_version(settings, version))
-
-
-def load_model(settings: Settings, spec: str) -> ServableModel:
-    """What a ``--model`` option names: a ``models:/`` URI or a bundle folder (``contracts.BUNDLE_FILES``)."""
-    if is_model_uri(spec):
-        return load_registered(settings, spec)
-    path = Path(spec)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--model {spec!r} is neither a models:/ URI nor a bundle folder")
-    return ServableModel.from_dir(path, name=path.resolve().name, version="local")

@@ -1,6 +1,6 @@
 """Registry access: the one place that reads and writes the MLflow model registry.
 
-Model URIs (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``), alias → version lookup, version
+Alias → version lookup (model URIs are parsed by ``visionloop.models.uris``), version
 listing, registering a run's model and moving aliases. Nothing here decides anything: whether a
 version deserves ``champion`` is ``visionloop.promotion``'s call; it moves the alias through
 ``move_champion`` under ``registry_lock``.
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -27,53 +27,16 @@ from visionloop.config import Settings
 from visionloop.contracts import CHALLENGER, CHAMPION, LINEAGE_TAGS
 from visionloop.locks import exclusive
 from visionloop.models.tracking import NOTE_TAG, client, describe_run, point_mlflow_at, registered_run_name
+from visionloop.models.uris import parse_model_uri
 
 # Run tags copied from the training run onto the model version (with LINEAGE_TAGS).
 RUN_LINEAGE_TAGS = (*LINEAGE_TAGS, "data_path", "data_git_commit", "trigger")
 METRIC_TAG_PREFIX = "metric."
 HEADLINE_METRICS = ("accuracy", "macro_f1", "roc_auc_ovr", "ece", "n")
-URI_SCHEME = "models:/"
 
 
 class RegistryError(RuntimeError):
     """A registry request that cannot be carried out (the message says why)."""
-
-
-class ModelUri(NamedTuple):
-    """A parsed ``models:/NAME@ALIAS`` (``alias`` set) or ``models:/NAME/VERSION`` (``version`` set)."""
-
-    name: str
-    alias: str | None
-    version: str | None
-
-
-def is_model_uri(spec: str) -> bool:
-    """Whether ``spec`` names a registered model (else it is a path)."""
-    return spec.startswith(URI_SCHEME)
-
-
-def version_uri(name: str, version: str) -> str:
-    return f"{URI_SCHEME}{name}/{version}"
-
-
-def alias_uri(name: str, alias: str = CHAMPION) -> str:
-    return f"{URI_SCHEME}{name}@{alias}"
-
-
-def parse_model_uri(model_uri: str) -> ModelUri:
-    """``models:/name@alias`` or ``models:/name/3`` → (name, alias, version)."""
-    if not is_model_uri(model_uri):
-        raise ValueError(f"not a registry URI: {model_uri!r} (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
-    rest = model_uri.removeprefix(URI_SCHEME)
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        if name and alias and "/" not in rest:
-            return ModelUri(name, alias, None)
-    else:
-        name, _, version = rest.rpartition("/")
-        if name and "/" not in name and version.isdigit():
-            return ModelUri(name, None, version)
-    raise ValueError(f"not a registry URI: {model_uri!r} (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
 
 
 def not_found(error: Exception) -> bool:

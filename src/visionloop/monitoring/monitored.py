@@ -21,7 +21,8 @@ from visionloop.contracts import BUNDLE_FILES
 from visionloop.data.images import load_image
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import version_dir
-from visionloop.models.registry import RegistryError, alias_uri, is_model_uri, resolve
+from visionloop.models.registry import RegistryError, resolve
+from visionloop.models.uris import alias_uri, is_model_uri
 from visionloop.monitoring.features import predict_in_chunks, reduce_embeddings
 
 

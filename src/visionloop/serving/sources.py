@@ -14,7 +14,8 @@ from visionloop.config import Settings
 from visionloop.contracts import CHAMPION
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import load_project_version
-from visionloop.models.registry import alias_version, is_model_uri, parse_model_uri
+from visionloop.models.registry import alias_version
+from visionloop.models.uris import is_model_uri, parse_model_uri
 
 
 @runtime_checkable

@@ -30,8 +30,8 @@ from visionloop.data.prepare import source_from_settings
 from visionloop.data.snapshot import PRODUCTION_ORIGIN
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import load_registered
-from visionloop.models.registry import is_model_uri
 from visionloop.models.tracking import flatten, log_dataset, open_run
+from visionloop.models.uris import is_model_uri
 from visionloop.monitoring.features import build_reference_profile
 from visionloop.training.datamodule import ImageDataModule, class_names, load_images
 from visionloop.training.model import ImageClassifier, architecture_from_params
