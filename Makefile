@@ -17,8 +17,9 @@ export GIT_PYTHON_REFRESH := quiet
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	# torch first, pinned exactly: a looser pin resolves to a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# torch and torchvision first, pinned exactly: the pair lies on this machine's disk for pip (a CUDA build
+	# that runs on the CPU); a looser pin downloads another multi-GB build.
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet -e .

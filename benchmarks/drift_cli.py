@@ -1,6 +1,6 @@
 """How long ``visionloop drift REF CUR --json`` takes from the shell, on 700 reference and 50 current digits.
 
-    python benchmarks/drift_cli.py [--rounds 3] [--model models] [--before SRC]
+    python benchmarks/drift_cli.py [--rounds 3] [--model models] [--before SRC] [--only CASE]
 
 Each case is the CLI as a user runs it: a fresh ``visionloop`` process (imports included), timed from
 start to exit, median of ``--rounds``. The digits are scikit-learn's (``data.digits.import_digits``),
@@ -17,8 +17,9 @@ Cases:
   Evidently and builds its report).
 
 ``--before SRC`` also times every case with another version's ``src`` folder first on ``PYTHONPATH`` (e.g.
-``git worktree add /tmp/before <commit>``, then ``--before /tmp/before/src``), the rounds of the two
-interleaved so that both meet the same load — on a shared machine the ratio is steadier than either time.
+``git archive <commit> | tar -x -C /tmp/before``, then ``--before /tmp/before/src``; that project's
+``params.yaml`` is used with it), the rounds of the two interleaved so that both meet the same load — on a
+shared machine the ratio is steadier than either time.
 
 The verdict of the ``--json`` case is checked against the one of the ``--report`` case (which builds the
 Evidently report on the same features and checks that Evidently's tests agree): the same drift flag,
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,23 +62,31 @@ def write_digits(root: Path) -> tuple[Path, Path]:
     return reference, current
 
 
-def run_once(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Wall time of one run of ``command`` (a fresh process), and its stdout."""
+def run_once(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall time and CPU time (user + sys) of one run of ``command`` (a fresh process), and its stdout.
+
+    On a machine other jobs load, the CPU time moves far less than the wall time.
+    """
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
-    return elapsed, done.stdout
+    return elapsed, (after.ru_utime - used.ru_utime) + (after.ru_stime - used.ru_stime), done.stdout
 
 
-def timed(command: list[str], envs: dict[str, dict[str, str]], rounds: int) -> dict[str, tuple[list[float], str]]:
-    """Per version (``envs``): the wall times of ``rounds`` runs, interleaved, and the last run's stdout."""
-    results: dict[str, tuple[list[float], str]] = {version: ([], "") for version in envs}
+def timed(
+    command: list[str], envs: dict[str, dict[str, str]], rounds: int
+) -> dict[str, tuple[list[float], list[float], str]]:
+    """Per version (``envs``): the wall and CPU times of ``rounds`` runs, interleaved, and the last run's stdout."""
+    results: dict[str, tuple[list[float], list[float], str]] = {version: ([], [], "") for version in envs}
     for _ in range(rounds):
         for version, env in envs.items():
-            elapsed, stdout = run_once(command, env)
-            results[version] = ([*results[version][0], elapsed], stdout)
+            elapsed, cpu, stdout = run_once(command, env)
+            walls, cpus, _ = results[version]
+            results[version] = ([*walls, elapsed], [*cpus, cpu], stdout)
     return results
 
 
@@ -97,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", type=Path, default=REPO / "models", help="a bundle folder (default: models/)")
     parser.add_argument("--before", type=Path, help="another version's src folder, timed interleaved with this one")
+    parser.add_argument("--only", help="only this case, named as printed (e.g. 'drift --model DIR --json')")
     args = parser.parse_args()
 
     python = sys.executable
@@ -109,7 +120,10 @@ def main() -> None:
         env.pop("MLFLOW_TRACKING_URI", None)
         envs = {"now": env}
         if args.before:
-            envs["before"] = {**env, "PYTHONPATH": str(args.before.resolve())}
+            before = args.before.resolve()
+            # its own params.yaml when the src folder sits in a project: a parameter added since is unknown to it
+            project = before.parent if (before.parent / "params.yaml").is_file() else REPO
+            envs["before"] = {**env, "PYTHONPATH": str(before), "VISIONLOOP_PROJECT_DIR": str(project)}
         drift = [*visionloop, "drift", str(reference), str(current), "--json"]
         cases = {
             "import visionloop.cli.main": [python, "-c", "import visionloop.cli.main"],
@@ -122,15 +136,17 @@ def main() -> None:
                                                           "--report", str(root / "report.html")]
         else:
             print(f"no bundle in {args.model}: the model cases are skipped (run `dvc repro` or pass --model)")
+        if args.only:
+            cases = {name: command for name, command in cases.items() if name == args.only}
         outputs = {}
         for name, command in cases.items():
-            for version, (times, stdout) in timed(command, envs, args.rounds).items():
+            for version, (times, cpus, stdout) in timed(command, envs, args.rounds).items():
                 if version == "now":
                     outputs[name] = stdout
-                print(f"{name:<36} {version:<6} median {statistics.median(times):6.2f} s   "
-                      f"runs: {', '.join(f'{t:.2f}' for t in times)}")
+                print(f"{name:<36} {version:<6} median {statistics.median(times):6.2f} s "
+                      f"(CPU {statistics.median(cpus):5.2f} s)   runs: {', '.join(f'{t:.2f}' for t in times)}")
     print(f"{N_REFERENCE} reference + {N_CURRENT} current digits, median of {args.rounds}; goal ≤ {GOAL_S:.0f} s")
-    if "drift --model DIR --json" in outputs:
+    if {"drift --model DIR --json", "drift --model DIR --json --report"} <= set(outputs):
         fast = json.loads(outputs["drift --model DIR --json"])
         report = json.loads(outputs["drift --model DIR --json --report"])
         differences = same_verdict(fast, report)

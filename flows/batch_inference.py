@@ -1,9 +1,11 @@
 """The batch inference flow: pin the model → list the inputs → predict the shards in parallel → consolidate.
 
-Shards run as parallel tasks on the flow's task runner (threads here). For a cluster, swap the
-runner without touching the code: ``batch_inference.with_options(task_runner=DaskTaskRunner(...))``
-(prefect-dask) or ``RayTaskRunner`` (prefect-ray); every task argument is a plain value and every
-shard writes its own parts into the shared output folder.
+Shards run as parallel tasks on the runner ``batch.runner`` names: ``threads`` (in this process) or
+``dask`` — prefect-dask's ``DaskTaskRunner`` on a ``distributed`` cluster, the scheduler at
+``batch.dask_address`` or, when that is null, a ``LocalCluster`` of ``batch.shards`` worker processes
+started for the run (one thread each: the GIL is not shared). Every task argument is a plain value and
+every shard writes its own parts into the shared output folder under its claim (``batch.claims``), so
+either runner gives the same rows, each key exactly once; the small steps stay on the flow's threads.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, tags
-from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.story import retitle, tell_batch
 from tasks.batch import consolidate, list_inputs, predict_shard, resolve_model
@@ -23,6 +24,7 @@ from visionloop.batch.output import OutputLayout, expand_output
 from visionloop.batch.predict import BatchOptions
 from visionloop.config import Settings
 from visionloop.models.uris import version_uri
+from visionloop.params import BatchParams
 
 
 @flow(name="batch_inference", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -57,13 +59,16 @@ def batch_inference(
     shard_options = asdict(BatchOptions.from_params(settings.params))
     use_log = options.log_predictions if log_predictions is None else log_predictions
     with tags(*run_tags):
-        futures = [
-            predict_shard.submit(quote(items), (index, count), source, str(output.output), version_uri(name, version),
-                                 settings, shard_options, settings.db_url if use_log else None,
-                                 options.torch_threads)
-            for index, items in enumerate(shard_inputs(keys, count))
-        ]
-        summaries = [future.result() for future in futures]
+        with shard_runner(options, count) as runner:
+            futures = [
+                runner.submit(predict_shard, {
+                    "items": items, "shard": (index, count), "input_path": source,
+                    "output_path": str(output.output), "model_uri": version_uri(name, version),
+                    "settings": settings, "options": shard_options,
+                    "db_url": settings.db_url if use_log else None, "torch_threads": options.torch_threads})
+                for index, items in enumerate(shard_inputs(keys, count))
+            ]
+            summaries = [future.result() for future in futures]
         rows = consolidate(str(output.output))
     totals = {key: sum(s[key] for s in summaries) for key in ("total", "skipped", "ok", "errors", "logged")}
     print(f"{name} v{version}: {len(keys)} inputs in {count} shard(s); {totals['ok']} ok, {totals['errors']} errors, "
@@ -72,6 +77,22 @@ def batch_inference(
               "rows": rows, "shards": summaries, **totals}
     tell_batch(settings, name, version, result)
     return result
+
+
+def shard_runner(options: BatchParams, shards: int) -> TaskRunner:
+    """The task runner of the shards (``batch.runner``); used as a context manager, it starts and stops it.
+
+    ``dask`` without an address starts a ``LocalCluster`` of ``shards`` single-threaded worker processes
+    bound to loopback (no dashboard): processes, not threads, so the shards' Python work runs in parallel.
+    """
+    if options.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=shards)
+    from prefect_dask import DaskTaskRunner  # only runs on Dask import distributed
+
+    if options.dask_address:
+        return DaskTaskRunner(address=options.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": shards, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": None})
 
 
 def _nothing_to_do(source: str) -> dict[str, Any]:

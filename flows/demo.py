@@ -1,4 +1,8 @@
-"""`visionloop demo`: the whole lifecycle on the embedded digits, watched in the Prefect and MLflow UIs.
+"""`visionloop demo`: the whole lifecycle on the project's data, watched in the Prefect and MLflow UIs.
+
+The project's data is this repository's embedded digits, or a `visionloop init` project's own images: the drift
+is the project's own held-out (val and test) images through `data.corruptions`, whatever their classes and
+channels, so nothing below assumes digits.
 
 import & version data → train v1 → register & promote → serve → clean traffic → drifted traffic with
 delayed feedback labels → `monitor` finds drift → the alert's automation starts `retrain` → v2 is
@@ -19,7 +23,9 @@ import numpy as np
 from PIL import Image
 
 from visionloop.config import Settings
-from visionloop.stack import StackUrls, up
+from visionloop.models.tracking import TRAINING_VIEW_QUERY
+from visionloop.stack import StackUrls
+from visionloop.stack_team import CLIENT_UNSET, start
 
 DRIFT = ("new_camera", 2)  # blur + washed-out contrast + noise: ~17 % accuracy for a clean-trained v1
 FEEDBACK_SPLIT = "val"  # drifted traffic from these images gets feedback labels; the test images' stays held out
@@ -96,15 +102,18 @@ def wait_for_automated_retrain(since, timeout: float = 600):
     raise TimeoutError(f"no automated retrain finished within {timeout:.0f} s")
 
 
-def run_demo(keep: bool = False, echo: Callable[[str], None] = print) -> list[dict]:
-    """Run the lifecycle end to end against the embedded stack; returns the summary rows."""
+def run_demo(settings: Settings | None = None, keep: bool = False, echo: Callable[[str], None] = print) -> list[dict]:
+    """Run the lifecycle end to end against the stack of ``stack.profile`` (embedded or team); returns the summary
+    rows."""
     from datetime import UTC, datetime
 
-    settings = Settings.load()
+    settings = settings or Settings.load()
     log = Timeline(echo=echo)
-    urls = up(settings, echo=lambda m: log(f"stack: {m}"))
+    urls, locations = start(settings, echo=lambda m: log(f"stack: {m}"))
     # Everything below talks to the servers `up` started (or the ones configured), like a user would.
-    os.environ.update({"PREFECT_API_URL": urls.prefect_api, "MLFLOW_TRACKING_URI": urls.mlflow})
+    os.environ.update(locations)
+    for key in CLIENT_UNSET:
+        os.environ.pop(key, None)
     import httpx
     from prefect.deployments import run_deployment
 
@@ -205,7 +214,8 @@ def stack_addresses(urls: StackUrls, settings: Settings, *, kept: bool) -> list[
     return [
         "The stack is still running (`visionloop down` stops it):",
         f"  Prefect    {urls.prefect_ui}/runs  (flow runs, the retrain automation)",
-        f"  MLflow     {urls.mlflow}/#/models/{settings.model_name}  (runs, registry '{settings.model_name}')",
+        f"  MLflow     {urls.mlflow}/#/models/{settings.model_name}{TRAINING_VIEW_QUERY}  "
+        f"(runs, registry '{settings.model_name}')",
         f"  Evidently  {urls.evidently}  (drift over time)",
         f"  serving    {urls.serve}/  (try the model) · {urls.serve}/docs (API) · {urls.serve}/label (labeling)",
         f"  reports    {reports}/*/index.html  (each drift check)",

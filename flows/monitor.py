@@ -1,5 +1,5 @@
-"""The monitor flow: champion → anything new? → prediction window → drift check → report → performance on labels →
-alert → labeling queue → the check recorded. A run that finds nothing new since the last check says so, nothing
+"""The monitor flow: champion → anything new? → prediction window → drift check → performance on labels → alert →
+report → labeling queue → the check recorded. A run that finds nothing new since the last check says so, nothing
 else."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from visionloop.config import Settings
 from visionloop.models.uris import version_uri
 from visionloop.monitoring.monitor import alert_payload, stale_result
 from visionloop.monitoring.outputs import new_output_dir
+from visionloop.monitoring.reports import alert_facts
 
 
 @flow(name="monitor", log_prints=True)
@@ -61,17 +62,21 @@ def monitor(
         frame = read_window(settings, champion, window, since)
         result = check_drift(settings, champion, frame)
         print(result.message)
-        if result.verdict is not None and result.snapshot is not None:
+        if result.verdict is not None:
             result.out_dir = new_output_dir(settings)
-            result.files = save_report(settings, champion, frame, result.verdict, result.snapshot, result.out_dir)
-            result.mlflow_run_id = log_report(settings, champion, result.verdict, result.files)
-            result.evidently_snapshot_id = add_snapshot(settings, result.snapshot, name)
-            print(f"report: {result.files['index']}")
         performance_dir = result.out_dir / "performance" if result.out_dir else None
         result.performance = check_performance(settings, champion, performance_dir)
         print(result.performance.message)
         payload = alert_payload(result, result.performance)
         decision = raise_drift_alert(settings, payload) if payload and alert else None
+        if result.verdict is not None and result.snapshot is not None and result.out_dir is not None:
+            # the report's index page shows the performance and the alert decided just before
+            facts = alert_facts(payload, decision.alert_id, decision.action, decision.reason) if decision else None
+            result.files = save_report(settings, champion, frame, result.verdict, result.snapshot, result.out_dir,
+                                       result.performance, facts)
+            result.mlflow_run_id = log_report(settings, champion, result.verdict, result.files)
+            result.evidently_snapshot_id = add_snapshot(settings, result.snapshot, name)
+            print(f"report: {result.files['index']}")
         drifted = result.verdict.drifted_features if result.verdict is not None else []
         queue_state = queue_for_labeling(settings, champion, drifted, return_state=True)
         # The queue is a help for people, never a reason to lose the check or the alert.

@@ -77,7 +77,7 @@ def retrain(verdict: dict[str, Any] | None = None, trigger: str = "manual", proj
                 "version": str(registered.version), "decision": record["decision"], "reason": record["reason"],
                 "metrics": metrics, "n_added": len(additions)}
     finally:
-        close_alert(settings, alert_id, outcome)
+        close_alert(settings, alert_id, outcome, verdict.get("report_dir"))
 
 
 if __name__ == "__main__":

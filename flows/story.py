@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
@@ -22,8 +22,11 @@ from visionloop.config import Settings
 from visionloop.contracts import PromotionRecord
 from visionloop.healing.alerts import AlertDecision
 from visionloop.models.tracking import model_version_link, run_link
-from visionloop.monitoring.monitor import MonitorResult
 from visionloop.promotion.audit import decision_run_id, version_label
+
+if TYPE_CHECKING:  # a type only: importing monitoring (Evidently, ~9 s) would cost every Dask worker that
+    # unpickles the batch_inference flow (flows.batch_inference imports this module)
+    from visionloop.monitoring.monitor import MonitorResult
 
 COMPARED_METRICS = ("accuracy", "macro_f1", "roc_auc_ovr", "ece", "n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import task
@@ -68,9 +69,13 @@ def save_report(
     verdict: DriftVerdict,
     snapshot: Snapshot,
     out_dir: Path,
+    checked: PerformanceResult | None = None,
+    alert: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Evidently's HTML report, the JSON verdict, the images behind the verdict, an index page."""
-    return reports.write_outputs(settings, watched, frame, verdict, snapshot, out_dir)
+    """Evidently's HTML report, the JSON verdict, the images behind the verdict, an index page that shows the
+    performance on labels (``checked``) and the alert."""
+    return reports.write_outputs(settings, watched, frame, verdict, snapshot, out_dir, performance=checked,
+                                 alert=alert)
 
 
 @task(name="log drift report to MLflow", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -14,6 +14,7 @@ from visionloop.data import dvcrepo
 from visionloop.healing import alerts, retrain
 from visionloop.healing.retrain import RetrainWorkspace
 from visionloop.models.registry import RegistryError
+from visionloop.monitoring import reports
 from visionloop.promotion import promote as promotion
 
 
@@ -74,6 +75,8 @@ def promote(settings: Settings, trigger: str, candidate_version: str | None = No
 
 
 @task(name="close alert", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def close_alert(settings: Settings, alert_id: str, outcome: str) -> None:
-    """Record how the retrain ended."""
+def close_alert(settings: Settings, alert_id: str, outcome: str, report_dir: str | None = None) -> None:
+    """Record how the retrain ended; also on the index page of the drift check that raised the alert."""
     alerts.AlertLog(settings.db_url).finish(alert_id, outcome)
+    if report_dir:
+        reports.record_retrain(report_dir, outcome)

@@ -20,8 +20,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # Prefect's temporary server gets 20 s to start; on 2 busy cores its first start (a new database) can take longer.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# No test downloads weights: timm/huggingface_hub fail instead of reaching the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
 SERVICE_VARIABLES = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "VISIONLOOP_DB_URL", "VISIONLOOP_STATE_DIR",
-                     "VISIONLOOP_PROJECT_DIR", "VISIONLOOP_DVC_REMOTE", "VISIONLOOP_TOKEN", "VISIONLOOP_ARTIFACT_ROOT")
+                     "VISIONLOOP_PROJECT_DIR", "VISIONLOOP_DVC_REMOTE", "VISIONLOOP_TOKEN", "VISIONLOOP_ARTIFACT_ROOT",
+                     "VISIONLOOP_POSTGRES_URL", "VISIONLOOP_ARTIFACTS_DEST")
 for _key in SERVICE_VARIABLES:
     os.environ.pop(_key, None)
 

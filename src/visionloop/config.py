@@ -12,7 +12,11 @@ variable                        meaning                                     defa
 ``PREFECT_API_URL``             Prefect API (unset: Prefect's local mode)   unset
 ``VISIONLOOP_DB_URL``           prediction log (any SQLAlchemy URL)         ``sqlite:///<state>/predictions.db``
 ``VISIONLOOP_DVC_REMOTE``       DVC remote URL (dir, s3://, ...)            ``<state>/dvc-remote``
+``VISIONLOOP_DVC_ENDPOINT``     S3-compatible endpoint of an s3:// remote   AWS S3 (keys: boto's ``AWS_*`` chain)
 ``VISIONLOOP_TOKEN``            bearer token for the REST server            ``serving.token`` in params.yaml
+``VISIONLOOP_POSTGRES_URL``     team profile: a PostgreSQL server to use    one started in ``<state>/postgres``
+``VISIONLOOP_ARTIFACTS_DEST``   team profile: where the MLflow server       ``<state>/mlflow-artifacts``
+                                keeps artifacts (folder or s3://...)
 ==============================  ==========================================  =========================================
 """
 
@@ -128,6 +132,21 @@ class Settings:
     @property
     def dvc_remote(self) -> str:
         return os.environ.get("VISIONLOOP_DVC_REMOTE") or str(self.state_dir / "dvc-remote")
+
+    @property
+    def dvc_endpoint(self) -> str | None:
+        """Endpoint URL of an S3-compatible DVC remote (MinIO, moto, ...); None: AWS S3 itself."""
+        return os.environ.get("VISIONLOOP_DVC_ENDPOINT") or None
+
+    @property
+    def postgres_url(self) -> str | None:
+        """A PostgreSQL server the team profile uses (its databases created there) instead of starting its own."""
+        return os.environ.get("VISIONLOOP_POSTGRES_URL") or None
+
+    @property
+    def artifacts_destination(self) -> str:
+        """Where the team profile's MLflow server stores artifacts; clients reach them only through the server."""
+        return os.environ.get("VISIONLOOP_ARTIFACTS_DEST") or str(self.state_dir / "mlflow-artifacts")
 
     @property
     def token(self) -> str | None:

@@ -40,6 +40,11 @@ class DataVersion:
         return {"data_version": self.dvc_hash, "data_path": self.path, "data_git_commit": self.git_commit}
 
 
+# The ``.dvc`` file of a model's data version, an artifact of its training run: with the DVC remote, what
+# ``visionloop data checkout`` restores the images from (``visionloop.data.restore``).
+DATA_VERSION_FILE = "data_version.dvc"
+
+
 # --- 2. model bundle ---------------------------------------------------------------------------
 
 # Artifact paths inside the MLflow run that produced a model version.
@@ -53,6 +58,8 @@ BUNDLE_FILES = {
     "embedding_reduction": "bundle/embedding_reduction.json",  # PCA fitted on the reference embeddings
     "metrics": "bundle/metrics.json",  # test metrics at training time (per class too)
     "test_set": "bundle/test_set",  # the held-out test split (manifest.csv + images): the frozen gate set
+    "onnx": "bundle/model.onnx",  # the network for ONNX Runtime (models.onnx_bundle), stored at registration
+    "onnx_parity": "bundle/onnx_parity.json",  # the export's parity with PyTorch on the gate set
 }
 
 # Tags on every registered model version.

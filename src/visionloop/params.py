@@ -19,6 +19,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    model_validator,
 )
 
 
@@ -29,6 +30,7 @@ class Section(BaseModel):
 
 
 AugmentStep = dict[str, dict[str, Any]]  # {AlbumentationsName: kwargs}
+Runtime = Literal["torch", "onnx"]  # what runs a served model's forward pass (visionloop.models.onnx_bundle)
 
 
 class DataParams(Section):
@@ -36,6 +38,8 @@ class DataParams(Section):
     raw_dir: str
     prepared_dir: str
     image_size: PositiveInt
+    dataset: Literal["digits", "shapes", "contours"]  # digits or visionloop.training.pipeline.GENERATED
+    generated_images: PositiveInt
     channels: Literal[1, 3]
     min_side: PositiveInt
     max_pixels: PositiveInt
@@ -49,9 +53,18 @@ class AugmentParams(Section):
 
 
 class ModelParams(Section):
+    # timm names are checked when the network is built (visionloop.models.backbones): importing timm costs ~5 s
+    backbone: str = Field(pattern=r"^(small_cnn|timm:[\w.\-]+)$")
+    pretrained: str | None = Field(min_length=1)
     widths: list[int]
     embedding_dim: PositiveInt
     dropout: float = Field(ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _hub_needs_timm(self) -> ModelParams:
+        if self.pretrained == "hub" and not self.backbone.startswith("timm:"):
+            raise ValueError("pretrained: hub downloads timm weights: it needs backbone: timm:<name>")
+        return self
 
 
 Strategy = Literal["full", "fine_tuning", "feature_extraction"]
@@ -61,6 +74,8 @@ class TrainParams(Section):
     epochs: PositiveInt
     batch_size: PositiveInt
     lr: PositiveFloat
+    warmup_epochs: NonNegativeFloat
+    early_stopping_patience: PositiveInt | None
     weight_decay: NonNegativeFloat
     num_workers: NonNegativeInt
     strategy: Strategy
@@ -69,6 +84,8 @@ class TrainParams(Section):
     fine_tune_blocks: NonNegativeInt
     limit_train_fraction: float = Field(gt=0, le=1)
     origin_weights: dict[str, float]
+    devices: PositiveInt
+    num_nodes: PositiveInt
 
 
 class MlflowParams(Section):
@@ -122,6 +139,8 @@ class ServingParams(Section):
     log_writer: Literal["process", "thread"]
     drain_seconds: NonNegativeFloat
     torch_threads: PositiveInt
+    runtime: Runtime
+    worker_timeout: PositiveInt
 
 
 class BatchParams(Section):
@@ -131,6 +150,9 @@ class BatchParams(Section):
     part_size: PositiveInt
     log_predictions: bool
     torch_threads: int | None
+    runtime: Runtime
+    runner: Literal["threads", "dask"]
+    dask_address: str | None
     input_dir: str
     output_dir: str
 
@@ -147,6 +169,7 @@ class MonitoringParams(Section):
     degradation_threshold: NonNegativeFloat
     degradation_critical: NonNegativeFloat
     embedding_components: PositiveInt
+    torch_threads: PositiveInt | None
     cron: str
 
 
@@ -192,6 +215,11 @@ class ReviewParams(Section):
     output: str
 
 
+class StackParams(Section):
+    profile: Literal["embedded", "team"]  # what `visionloop up` starts (visionloop.stack, visionloop.stack_team)
+    work_pool: str = Field(min_length=1)
+
+
 class LabelingParams(Section):
     low_confidence: LowConfidenceRule
     disagreement: RuleParams
@@ -200,6 +228,17 @@ class LabelingParams(Section):
     scan_overlap_seconds: NonNegativeFloat
     lease_seconds: PositiveFloat
     review: ReviewParams
+
+
+class StreamParams(Section):
+    fps: PositiveFloat
+    batch_size: PositiveInt
+    max_latency_ms: PositiveFloat
+    reconnect_initial_s: PositiveFloat
+    reconnect_max_s: PositiveFloat
+    reconnect_attempts: NonNegativeInt
+    max_frame_bytes: PositiveInt
+    log_predictions: bool
 
 
 class Params(Section):
@@ -218,6 +257,8 @@ class Params(Section):
     retrain: RetrainParams
     schedules: SchedulesParams
     labeling: LabelingParams
+    stack: StackParams
+    stream: StreamParams
 
 
 class ParamsError(ValueError):

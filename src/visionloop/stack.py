@@ -3,7 +3,8 @@
 ``up`` starts what is not already reachable and records each process (PID, command, port, log) in
 ``<state>/stack.json``; ``down`` stops exactly those processes, by PID, after checking each PID still
 runs the command it started. Services given by ``PREFECT_API_URL`` / ``MLFLOW_TRACKING_URI`` are used
-as they are and never started or stopped.
+as they are and never started or stopped. The team profile (``visionloop.stack_team``) starts its processes
+with the same helpers and records them in the same file; ``down`` stops those too (PostgreSQL by ``pg_ctl``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from visionloop.store.database import upgrade_embedded
 
 HOST = "127.0.0.1"
 PORTS = {"prefect": 4200, "mlflow": 5000, "evidently": 8001}  # the REST server: serving.port
+# The worker before the servers it talks to; PostgreSQL, which they all write to, last.
+STOP_ORDER = ("worker", "deployments", "serve", "evidently", "mlflow", "prefect", "postgres")
 
 
 @dataclass
@@ -115,17 +118,18 @@ def _spawn(settings: Settings, name: str, command: list[str], url: str, env: dic
     return Service(name, process.pid, url, command, str(log))
 
 
+Plan = list[tuple[str, list[str], str, str, dict[str, str]]]  # name, command, url, health url, environment
+
+
 def up(settings: Settings, *, serve: bool = True, deployments: bool = True, evidently: bool = True,
        echo: Callable[[str], None] = print) -> StackUrls:
     """Migrate the embedded database, start the servers not configured elsewhere, then the REST server and
     deployments."""
     upgrade_embedded(settings.db_url)
     u = urls(settings)
-    services = {n: s for n, s in read_services(settings).items() if is_running(s)}
     env = service_environment(settings, u)
     bin_dir = Path(sys.executable).parent
-    plan: list[tuple[str, list[str], str, str]] = []  # name, command, url, health url
-    env_prefect = env
+    plan: Plan = []
     if not settings.prefect_api_url:
         prefect_env_home = settings.state_dir / "prefect"
         prefect_env_home.mkdir(exist_ok=True)
@@ -133,42 +137,60 @@ def up(settings: Settings, *, serve: bool = True, deployments: bool = True, evid
         env_prefect.pop("PREFECT_API_URL")
         plan.append(("prefect", [str(bin_dir / "prefect"), "server", "start", "--host", HOST,
                                  "--port", str(PORTS["prefect"]), "--analytics-off"], u.prefect_ui,
-                     f"{u.prefect_api}/health"))
+                     f"{u.prefect_api}/health", env_prefect))
     if not settings.tracking_uri.startswith("http"):
         plan.append(("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", settings.tracking_uri,
                                 "--default-artifact-root", str(settings.artifact_root),
                                 "--artifacts-destination", str(settings.artifact_root),
                                 "--host", HOST, "--port", str(PORTS["mlflow"]), "--workers", "1"],
-                     u.mlflow, f"{u.mlflow}/health"))
+                     u.mlflow, f"{u.mlflow}/health", env))
     if evidently:
-        workspace = settings.state_dir / "evidently"
-        workspace.mkdir(exist_ok=True)
-        plan.append(("evidently", [str(bin_dir / "evidently"), "ui", "--workspace", str(workspace),
-                                   "--host", HOST, "--port", str(PORTS["evidently"])],
-                     u.evidently, f"{u.evidently}/api/projects"))
+        plan.append(evidently_service(settings, u, env))
     if serve:
-        plan.append(("serve", [str(bin_dir / "visionloop"), "serve"], u.serve, f"{u.serve}/health"))
+        plan.append(("serve", [str(bin_dir / "visionloop"), "serve"], u.serve, f"{u.serve}/health", env))
     if deployments:
-        plan.append(("deployments", [sys.executable, "-m", "flows.deployments"], u.prefect_ui, ""))
-
+        plan.append(("deployments", [sys.executable, "-m", "flows.deployments"], u.prefect_ui, "", env))
     # Servers first, started together; then what needs them (the REST server, the deployments).
-    for phase in (("prefect", "mlflow", "evidently"), ("serve", "deployments")):
-        waiting = []
-        for name, command, url, health in (item for item in plan if item[0] in phase):
-            if name in services or (health and reachable(health)):
-                echo(f"{name:<12} already running at {url}")
-                continue
-            service = _spawn(settings, name, command, url, env_prefect if name == "prefect" else env)
-            services[name] = service
-            _write_services(settings, services)
-            waiting.append((service, health))
-        for service, health in waiting:
-            if health:
-                wait_until(lambda h=health, s=service: reachable(h) or not is_running(s), 180, service.name)
-            if not is_running(service):
-                raise RuntimeError(f"{service.name} exited during start-up; see {service.log}")
-            echo(f"{service.name:<12} started (pid {service.pid}) at {service.url}  log: {service.log}")
+    start_services(settings, plan, ("prefect", "mlflow", "evidently"), echo)
+    start_services(settings, plan, ("serve", "deployments"), echo)
     return u
+
+
+def evidently_service(settings: Settings, u: StackUrls, env: dict[str, str]) -> tuple:
+    """The Evidently UI on the project's workspace (the monitor's reports), as a plan entry."""
+    workspace = settings.state_dir / "evidently"
+    workspace.mkdir(exist_ok=True)
+    port = u.evidently.rsplit(":", 1)[1]
+    return ("evidently", [str(Path(sys.executable).parent / "evidently"), "ui", "--workspace", str(workspace),
+                          "--host", HOST, "--port", port], u.evidently, f"{u.evidently}/api/projects", env)
+
+
+def start_services(settings: Settings, plan: Plan, phase: tuple[str, ...], echo: Callable[[str], None]) -> None:
+    """Start the planned services named in ``phase`` together (a slow start overlaps the others), record each in
+    the stack file as soon as it is spawned (so ``down`` finds it even if start-up fails), then wait for each."""
+    services = {n: s for n, s in read_services(settings).items() if is_running(s)}
+    waiting = []
+    for name, command, url, health, env in (item for item in plan if item[0] in phase):
+        if name in services or (health and reachable(health)):
+            echo(f"{name:<12} already running at {url}")
+            continue
+        service = _spawn(settings, name, command, url, env)
+        services[name] = service
+        _write_services(settings, services)
+        waiting.append((service, health))
+    for service, health in waiting:
+        if health:
+            wait_until(lambda h=health, s=service: reachable(h) or not is_running(s), 180, service.name)
+        if not is_running(service):
+            raise RuntimeError(f"{service.name} exited during start-up; see {service.log}")
+        echo(f"{service.name:<12} started (pid {service.pid}) at {service.url}  log: {service.log}")
+
+
+def record_service(settings: Settings, service: Service) -> None:
+    """Add a service started some other way (PostgreSQL by ``pg_ctl``) to the stack file, for ``down``."""
+    services = read_services(settings)
+    services[service.name] = service
+    _write_services(settings, services)
 
 
 def is_running(service: Service) -> bool:
@@ -184,12 +206,15 @@ def down(settings: Settings, echo: Callable[[str], None] = print, timeout: float
     """Stop what ``up`` started (deployments first), by PID; nothing else."""
     services = read_services(settings)
     stopped = []
-    for name in ("deployments", "serve", "evidently", "mlflow", "prefect"):
+    for name in STOP_ORDER:
         service = services.pop(name, None)
         if service is None:
             continue
         if is_running(service):
-            _terminate(service, timeout)
+            if name == "postgres":
+                _stop_postgres(service)
+            else:
+                _terminate(service, timeout)
             echo(f"{name:<12} stopped (pid {service.pid})")
             stopped.append(name)
         else:
@@ -202,6 +227,14 @@ def down(settings: Settings, echo: Callable[[str], None] = print, timeout: float
             stopped.append(name)
     stack_file(settings).unlink(missing_ok=True)
     return stopped
+
+
+def _stop_postgres(service: Service) -> None:
+    """PostgreSQL is stopped by ``pg_ctl stop`` (a fast shutdown keeps committed work), not by a signal."""
+    from visionloop.stack_postgres import Cluster, stop
+
+    data = Path(service.command[service.command.index("-D") + 1])
+    stop(Cluster(data.parent, 0))
 
 
 def _terminate(service: Service, timeout: float) -> None:

@@ -15,21 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers.browser import CHROMIUM, CHROMIUM_ARGS
 from helpers.images import png
 from helpers.models import eval_transform_json
 from helpers.project import repo_params
 from helpers.server import serve, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 CLASSES = [str(d) for d in range(10)]
 PER_CLASS = 30
 FLIPPED = 12  # training images moved to a wrong class folder

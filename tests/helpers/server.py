@@ -54,8 +54,9 @@ def serve(app: FastAPI, wait_ready: bool = True) -> Iterator[str]:
 
 
 @contextmanager
-def serve_cli(project: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[ServedProcess]:
-    """``visionloop serve`` as its own process group in ``project`` on a free loopback port, until the block
+def serve_cli(project: Path, env: dict[str, str] | None = None, timeout: float = 120,
+              args: tuple[str, ...] = ()) -> Iterator[ServedProcess]:
+    """``visionloop serve [args]`` as its own process group in ``project`` on a free loopback port, until the block
     ends (then SIGTERM to the group, as ``visionloop down`` sends); yields once ``/ready`` answers 200."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -66,7 +67,7 @@ def serve_cli(project: Path, env: dict[str, str] | None = None, timeout: float =
     log_path = project / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(bin_dir / "visionloop"), "serve", "--port", str(port), "--log-level", "warning"],
+            [str(bin_dir / "visionloop"), "serve", "--port", str(port), "--log-level", "warning", *args],
             cwd=project,
             env=full_env,
             stdout=log,

@@ -4,8 +4,6 @@ than temporary folders left behind."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -15,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers.project import VENV_BIN
-from helpers.server import wait_for
+from helpers.server import stop_group, wait_for
 
 from visionloop.config import Settings
 from visionloop.contracts import PromotionRecord
@@ -51,12 +49,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         assert process.poll() is None, "mlflow server exited"
         yield url, artifacts
     finally:  # the server and its workers: its own process group
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
+        stop_group(process, timeout=15)
 
 
 def test_records_logged_to_a_tracking_server_go_to_its_artifact_store(

@@ -412,6 +412,24 @@ def test_cli_with_a_model_bundle_adds_embedding_and_output_features(cli, folders
     assert verdict["n_reference"] == 120 and not verdict["drift"]
 
 
+def test_cli_forward_pass_runs_on_the_monitoring_torch_threads(cli, folders, tmp_path: Path) -> None:
+    """torch's default (a thread per core) is ~3x slower on 2 shared cores: the CLI sets monitoring.torch_threads."""
+    import torch
+
+    from visionloop.config import Settings
+
+    wanted = Settings.load().params.monitoring.torch_threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads((wanted or threads) + 1)
+        result = cli(folders["reference"], folders["same"], "--model", save_bundle(tiny_model(["a", "b"]), tmp_path),
+                     "--json")
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == (wanted or threads + 1)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_cli_errors_exit_non_zero(cli, folders, tmp_path: Path) -> None:
     missing = cli(tmp_path / "nowhere", folders["same"])
     assert missing.exit_code != 0 and "not a directory" in missing.output

@@ -143,6 +143,29 @@ def test_undo_takes_back_the_last_answer(setup: dict[str, Any]) -> None:
     assert client.post("/label/nope/undo", headers=auth).status_code == 404
 
 
+def test_the_item_says_what_the_disagreeing_model_guessed(setup: dict[str, Any]) -> None:
+    """Where the disagreement rule fired, the item carries the other version's guess for the page's badge."""
+    import pandas as pd
+
+    client, auth, plog = setup["client"], setup["auth"], setup["log"]
+    disputed, agreed = record(0.9, label="2"), record(0.9, label="1")
+    plog.write([disputed, agreed])
+    previous = pd.DataFrame([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], index=[disputed.id, agreed.id], columns=CLASSES)
+    settings = client.app.state.labeling.settings
+    queue = LabelQueue(plog, LabelingRules.from_settings(settings))
+    enqueue_frame(queue, plog.read_window(), previous_probabilities=previous, previous_version="1")
+    assert (queue.get(agreed.id) or {}).get("other_label") is None  # same guess: no disagreement recorded
+    item = client.get("/label/next", params={"session": "tab-1"}, headers=auth).json()["item"]
+    assert item["prediction_id"] == disputed.id and item["reason"] == "disagreement"
+    assert (item["other_label"], item["other_version"], item["predicted_label"]) == ("0", "1", "2")
+    assert client.post(f"/label/{disputed.id}/skip", params={"session": "tab-1"}, headers=auth).status_code == 200
+    low_confidence = client.get("/label/next", params={"session": "tab-1"}, headers=auth).json()["item"]
+    assert low_confidence["reason"] == "low_confidence" and low_confidence["other_label"] is None
+    assert low_confidence["other_version"] is None
+    page = client.get("/label/assets/label.js").text
+    assert "other_label" in page and "other_version" in page and '" said "' in page
+
+
 def test_review_image_answers_404_with_a_reason_and_never_a_server_path(setup: dict[str, Any], tmp_path: Path) -> None:
     from visionloop.data.manifest import read_manifest
     from visionloop.data.prepare import prepare

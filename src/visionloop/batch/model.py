@@ -9,6 +9,7 @@ from visionloop.config import Settings
 from visionloop.contracts import BUNDLE_FILES
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import load_registered
+from visionloop.models.onnx_bundle import load_bundle, onnx_cache_root
 from visionloop.models.registry import resolve
 from visionloop.models.uris import alias_uri
 
@@ -27,7 +28,10 @@ def bundle_version(bundle: Path | str) -> str:
 
 
 def load_model(settings: Settings, model_uri: str | None = None, bundle: Path | str | None = None) -> ServableModel:
-    """A local bundle folder if given, else the registered version at ``model_uri`` (default: the champion)."""
+    """A local bundle folder if given, else the registered version at ``model_uri`` (default: the champion), on
+    ``batch.runtime``."""
+    runtime, threads = settings.params.batch.runtime, settings.params.batch.torch_threads
     if bundle is not None:
-        return ServableModel.from_dir(bundle, name="local", version=bundle_version(bundle))
-    return load_registered(settings, model_uri or alias_uri(settings.model_name))
+        return load_bundle(Path(bundle), runtime, cache_root=onnx_cache_root(settings), threads=threads,
+                           name="local", version=bundle_version(bundle))
+    return load_registered(settings, model_uri or alias_uri(settings.model_name), runtime, threads)

@@ -1,4 +1,5 @@
-"""``visionloop data ...``: write the embedded digits, prepare the training data, check a folder."""
+"""``visionloop data ...``: write an embedded data set, prepare the training data, check a folder,
+restore the data a model version trained on."""
 
 from __future__ import annotations
 
@@ -24,16 +25,35 @@ data_app = typer.Typer(
 
 
 @data_app.command("import")
-def import_command() -> None:
-    """Write scikit-learn's 1,797 real 8×8 digits as PNGs to data.raw_dir (class-per-folder).
+def import_command(
+    dataset: Annotated[
+        str | None, typer.Option(help="digits | shapes | contours (default: data.dataset of params.yaml).")
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images to generate for shapes / contours (default: data.generated_images)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write here instead of data.raw_dir (e.g. a folder to give `init --images`).")
+    ] = None,
+) -> None:
+    """Write an embedded data set to data.raw_dir (class-per-folder); stale files there are removed.
 
-    Upscaled to data.image_size, byte-for-byte deterministic; stale files there are removed.
+    digits: scikit-learn's 1,797 real 8×8 digits as PNGs, upscaled to data.image_size. shapes (circle,
+    square, triangle, star) and contours (open, closed): generated RGB JPEGs of mixed sizes on varied
+    backgrounds, plus a manifest.csv whose columns say how each was made (slices). Byte-for-byte
+    deterministic from the seed.
     """
     from visionloop.training.pipeline import import_step
 
-    settings = Settings.load()
-    count = import_step(settings)
-    console.print(f"[green]wrote {count} digit images[/green] to {settings.path(settings.params.data.raw_dir)}")
+    settings = Settings.load(overrides={"data": {"generated_images": count}} if count else None)
+    target = output.resolve() if output else settings.path(settings.params.data.raw_dir)
+    name = dataset or settings.params.data.dataset
+    written = import_step(settings, dataset=name, out_dir=target)
+    console.print(f"[green]wrote {written} {name} images[/green] to {target}")
+    if name != "digits":
+        console.print(f"their conditions are columns of {target / 'manifest.csv'}: point data.source (or "
+                      "`visionloop init --images`) at it to keep them as slices")
 
 
 @data_app.command("prepare")
@@ -131,6 +151,34 @@ def _print_validation(path: Path, result: IngestResult) -> None:
         f"{len(result.quarantined)} would be quarantined[/{colour}]"
         + (f"; conversions {conversions}" if conversions else "")
     )
+
+
+@data_app.command("checkout")
+def checkout_command(
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION or models:/NAME@ALIAS.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to restore into (absent or empty).")],
+) -> None:
+    """Restore exactly the images a registered version trained on into --to, md5-checked.
+
+    Reads the version's data version (the .dvc file stored with its run) and has DVC pull it from the
+    cache, else the DVC remote; every restored file is hashed again against it. Exit code 1 when it
+    cannot be restored (no such version, objects missing, a file that does not match its md5).
+    """
+    from dvc.exceptions import DvcException
+
+    from visionloop.data.restore import DataCorrupted, DataVersionUnavailable, checkout
+    from visionloop.models.registry import RegistryError
+
+    settings = Settings.load()
+    try:
+        restored = checkout(settings, model_uri, to)
+    except (RegistryError, ValueError, DataVersionUnavailable, DataCorrupted, FileExistsError,
+            DvcException) as error:
+        console.print(f"[red]{model_uri}: {error}[/red]")
+        raise typer.Exit(1) from None
+    source = f"{restored.fetched} objects from the remote" if restored.fetched else "all from the DVC cache"
+    console.print(f"[green]restored {restored.n_files} files[/green] of data version {restored.dvc_hash} "
+                  f"into {restored.directory} ({source}; md5s match)")
 
 
 def register(app: typer.Typer) -> None:

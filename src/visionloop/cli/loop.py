@@ -2,33 +2,60 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:  # imported inside the commands: `visionloop --help` stays fast
+    from visionloop.config import Settings
+
+
+PROFILE_HELP = "embedded | team (PostgreSQL, MLflow with proxied artifacts, a Prefect worker); default: stack.profile."
+
+
+def profile_settings(profile: str | None) -> Settings:
+    """The project's settings with ``stack.profile`` replaced by the command line's ``--profile``, validated like
+    params.yaml (an unknown profile stops with the allowed values)."""
+    from visionloop.config import Settings
+    from visionloop.params import ParamsError
+
+    settings = Settings.load()
+    try:
+        return settings.with_overrides({"stack": {"profile": profile}}) if profile else settings
+    except ParamsError as error:
+        raise typer.BadParameter(str(error).splitlines()[-1].strip(), param_hint="--profile") from None
 
 
 def register(app: typer.Typer) -> None:
     @app.command("up")
     def up_command(
         serve: bool = typer.Option(True, help="Start the REST server (follows the champion alias)."),
-        deployments: bool = typer.Option(True, help="Serve the Prefect deployments (schedules, drift trigger)."),
+        deployments: bool = typer.Option(True, help="Start the Prefect deployments (schedules, drift trigger)."),
+        profile: str | None = typer.Option(None, help=PROFILE_HELP),
     ) -> None:
-        """Start the embedded stack on 127.0.0.1: Prefect server, MLflow server, Evidently UI, REST server and
-        the project's deployments. Servers given by PREFECT_API_URL / MLFLOW_TRACKING_URI are used instead."""
-        from visionloop.config import Settings
-        from visionloop.stack import up
+        """Start the stack on 127.0.0.1: Prefect server, MLflow server, Evidently UI, REST server and the project's
+        deployments — embedded (SQLite, served deployments) or team (PostgreSQL, proxied artifacts, a work pool
+        with a worker). Servers given by PREFECT_API_URL / MLFLOW_TRACKING_URI are used instead."""
+        from visionloop.stack_team import client_environment_file, start
 
-        urls = up(Settings.load(), serve=serve, deployments=deployments, echo=typer.echo)
+        settings = profile_settings(profile)
+        urls, _ = start(settings, serve=serve, deployments=deployments, echo=typer.echo)
         typer.echo(f"\nPrefect UI  {urls.prefect_ui}\nMLflow UI   {urls.mlflow}\nEvidently   {urls.evidently}\n"
                    f"REST API    {urls.serve}/docs\nStop with: visionloop down")
+        if settings.params.stack.profile == "team":
+            typer.echo(f"Use it from a shell: source {client_environment_file(settings)}")
 
     @app.command("demo")
     def demo_command(
         keep: bool = typer.Option(False, help="Leave the stack running afterwards, to browse the UIs."),
+        profile: str | None = typer.Option(None, help=PROFILE_HELP),
     ) -> None:
-        """Run the whole lifecycle on the embedded digits: train v1, serve, drift, alert, retrain v2, promote,
+        """Run the whole lifecycle on the project's data (the embedded digits, or your images after `visionloop
+        init`): train v1, serve, drift, alert, retrain v2, promote,
         hot-swap — then print what happened and stop what it started."""
         from visionloop.cli.orchestration import run_demo
 
-        run_demo(keep=keep, echo=typer.echo)
+        run_demo(profile_settings(profile), keep=keep, echo=typer.echo)
 
     @app.command("retrain")
     def retrain_command() -> None:

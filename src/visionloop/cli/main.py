@@ -32,6 +32,9 @@ COMMAND_MODULES = [
     "registry",
     "label",
     "db",
+    "export",
+    "init",
+    "stream",
 ]
 
 

@@ -15,11 +15,11 @@ from visionloop.config import Settings
 from visionloop.healing.alerts import AlertDecision
 
 
-def run_demo(*, keep: bool, echo: Callable[[str], Any]) -> None:
-    """The whole lifecycle on the embedded digits (the ``demo`` flow)."""
+def run_demo(settings: Settings, *, keep: bool, echo: Callable[[str], Any]) -> None:
+    """The whole lifecycle on the embedded digits (the ``demo`` flow), on the stack of ``stack.profile``."""
     from flows.demo import run_demo as demo
 
-    demo(keep=keep, echo=echo)
+    demo(settings, keep=keep, echo=echo)
 
 
 def run_retrain(trigger: str) -> Any:

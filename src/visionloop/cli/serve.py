@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import typer
 
@@ -20,6 +21,10 @@ def register(app: typer.Typer) -> None:
             "models:/NAME/VERSION (one fixed version, no reload) or a bundle folder.",
         ),
         log_level: str = typer.Option("info", help="debug | info | warning | error."),
+        workers: int = typer.Option(
+            1, min=1, help="Server processes on the one port: each loads the model, micro-batches and follows the "
+            "alias; all log into the one database (GET /health lists their versions).",
+        ),
     ) -> None:
         """Serve predictions over HTTP: POST /predict, POST /feedback, GET /health /ready /model, /docs.
 
@@ -36,8 +41,10 @@ def register(app: typer.Typer) -> None:
         settings = Settings.load()
         if host:  # the bound name is one the server answers to (guards' Host allow-list)
             settings = settings.with_overrides({"serving": {"host": host}})
+        if port:  # the port names the workers' board (serving.workers.board_dir)
+            settings = settings.with_overrides({"serving": {"port": port}})
         bind_host = settings.params.serving.host
-        bind_port = port or settings.params.serving.port
+        bind_port = settings.params.serving.port
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if bind_host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
             typer.secho(
@@ -54,4 +61,16 @@ def register(app: typer.Typer) -> None:
             upgrade_embedded(settings.db_url)  # a team database is upgraded by its owners: `visionloop db upgrade`
         except Exception as error:  # noqa: BLE001 - answers go out without the prediction log; /health says why
             typer.secho(f"warning: the prediction log could not be upgraded: {error}", fg=typer.colors.YELLOW, err=True)
-        uvicorn.run(create_app(settings, source), host=bind_host, port=bind_port, log_level=log_level.lower())
+        if workers == 1:
+            uvicorn.run(create_app(settings, source), host=bind_host, port=bind_port, log_level=log_level.lower())
+            return
+        # Bind once, then N spawned processes each build their own app (worker_app) and accept on that socket;
+        # uvicorn's supervisor restarts one that dies and stops them all on SIGINT/SIGTERM.
+        from uvicorn.supervisors import Multiprocess
+
+        from visionloop.serving.app import worker_app
+
+        config = uvicorn.Config(partial(worker_app, settings, model_uri), factory=True, host=bind_host,
+                                port=bind_port, workers=workers, log_level=log_level.lower(),
+                                timeout_worker_healthcheck=settings.params.serving.worker_timeout)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()

@@ -17,7 +17,7 @@ def import_digits(raw_dir: Path, image_size: int) -> int:
     stay put); stale files in ``raw_dir`` are removed.
     """
     raw_dir = Path(raw_dir)
-    _clear_dir(raw_dir)
+    clear_data_dir(raw_dir)
     digits = load_digits()
     scaled = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     for index, (pixels, target) in enumerate(zip(scaled, digits.target, strict=True)):
@@ -28,8 +28,11 @@ def import_digits(raw_dir: Path, image_size: int) -> int:
     return len(scaled)
 
 
-def _clear_dir(path: Path) -> None:
-    """Empty a data folder, refusing folders that are clearly not one (a project root, home, /)."""
+def clear_data_dir(path: Path) -> None:
+    """Empty a data folder, refusing folders that are clearly not one (a project root, home, /).
+
+    Every ``data import`` (digits and the generated sets) starts from an empty ``data.raw_dir``.
+    """
     path = path.resolve()
     if path.exists():
         if (

@@ -69,6 +69,8 @@ class QueueItem:
     enqueued_at: datetime
     drifted: bool
     prediction: PredictionRecord
+    other_label: str | None = None  # what the model the disagreement rule compared with guessed
+    other_version: str | None = None
 
     def top_guesses(self, k: int = 5) -> list[dict[str, Any]]:
         ranked = sorted(self.prediction.probabilities.items(), key=lambda item: -item[1])
@@ -92,6 +94,8 @@ class QueueItem:
             "source": p.source,
             "has_image": bool(p.image_path),
             "feedback_label": p.feedback_label,
+            "other_label": self.other_label,
+            "other_version": self.other_version,
         }
 
 
@@ -120,16 +124,21 @@ class LabelQueue:
                 found.update(connection.execute(sa.select(column).where(column.in_(chunk))).scalars())
         return found
 
-    def admit(self, frame: pd.DataFrame, scores: pd.DataFrame, now: datetime) -> list[Selection]:
+    def admit(
+        self, frame: pd.DataFrame, scores: pd.DataFrame, now: datetime, *,
+        others: pd.Series | None = None, other_version: str | None = None,
+    ) -> list[Selection]:
         """Queue the rules' pick of ``frame`` (scored by ``rule_scores``), counting what the hourly caps
-        already hold, in one transaction; rows another scan inserted meanwhile are left as they are."""
+        already hold, in one transaction; rows another scan inserted meanwhile are left as they are.
+        ``others``, ``other_version``: the disagreeing model's guesses (``select_for_queue``)."""
         self.ensure_schema()
         t = label_queue_table.c
         first_hour = traffic_hour(frame["created_at"].min())
         already = sa.select(t.reason, t.predicted_at).where(t.predicted_at >= first_hour, t.state != CAPPED)
         with self.engine.begin() as connection:
             taken = Counter((reason, traffic_hour(at)) for reason, at in connection.execute(already))
-            selections = select_for_queue(frame, scores, self.rules, taken)
+            selections = select_for_queue(frame, scores, self.rules, taken, others=others,
+                                          other_version=other_version)
             _insert_new(connection, [_queue_row(selection, now) for selection in selections])
         return selections
 
@@ -175,6 +184,8 @@ class LabelQueue:
                 enqueued_at=row.enqueued_at,
                 drifted=bool(row.drifted),
                 prediction=prediction,
+                other_label=row.other_label,
+                other_version=row.other_version,
             )
         return None
 
@@ -365,6 +376,8 @@ def _queue_row(selection: Selection, now: datetime) -> dict[str, Any]:
         "drifted": selection.drifted,
         "claimed_by": None,
         "claimed_until": None,
+        "other_label": selection.other_label,
+        "other_version": selection.other_version,
     }
 
 

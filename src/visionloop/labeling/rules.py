@@ -99,6 +99,22 @@ def disagreement_scores(frame: pd.DataFrame, previous: pd.DataFrame) -> pd.Serie
     """
     if previous.empty or frame.empty:
         return pd.Series(np.nan, index=frame.index)
+    distance, _, differs = _compare_with_previous(frame, previous)
+    return pd.Series(np.where(differs, distance, np.nan), index=frame.index)
+
+
+def other_guesses(frame: pd.DataFrame, previous: pd.DataFrame) -> pd.Series:
+    """The previous version's top guess where the disagreement rule fires, None elsewhere: what a labeler is
+    told the other model said (the rule alone only says that it disagreed)."""
+    if previous.empty or frame.empty:
+        return pd.Series(None, index=frame.index, dtype=object)
+    _, prior_top, differs = _compare_with_previous(frame, previous)
+    return pd.Series(np.where(differs, prior_top, None), index=frame.index, dtype=object)
+
+
+def _compare_with_previous(frame: pd.DataFrame, previous: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``frame``: the total-variation distance to the previous outputs, the previous top guess,
+    and whether that guess is known and differs from the logged label."""
     current = _probabilities(frame)
     classes = list(dict.fromkeys([*current.columns, *previous.columns]))
     prior = previous.reindex(frame["id"].to_numpy())
@@ -108,7 +124,7 @@ def disagreement_scores(frame: pd.DataFrame, previous: pd.DataFrame) -> pd.Serie
     distance = 0.5 * np.abs(current_values - prior_values).sum(axis=1)
     prior_top = np.asarray(classes, dtype=object)[prior_values.argmax(axis=1)]
     differs = known & (prior_top != frame["label"].astype(str).to_numpy())
-    return pd.Series(np.where(differs, distance, np.nan), index=frame.index)
+    return distance, prior_top, differs
 
 
 def drift_scores(
@@ -197,15 +213,25 @@ class Selection:
     predicted_at: datetime
     drifted: bool
     capped: bool
+    other_label: str | None = None  # the other model's guess, where the disagreement rule fired
+    other_version: str | None = None
 
 
 def select_for_queue(
-    frame: pd.DataFrame, scores: pd.DataFrame, rules: LabelingRules, taken: Counter
+    frame: pd.DataFrame,
+    scores: pd.DataFrame,
+    rules: LabelingRules,
+    taken: Counter,
+    *,
+    others: pd.Series | None = None,
+    other_version: str | None = None,
 ) -> list[Selection]:
     """The matched predictions, filling each rule's hourly cap best-first.
 
     ``taken`` counts (reason, traffic hour) already offered; it is updated. Predictions are taken in
-    order of their best priority, and each goes to its highest-weight rule with room left.
+    order of their best priority, and each goes to its highest-weight rule with room left. ``others``
+    (``other_guesses``) and ``other_version``: what the model the disagreement rule compared with said,
+    kept with every selection it disagreed on, whichever rule queued it.
     """
     selections = []
     order = sorted(REASONS, key=lambda r: -rules.weight(r))
@@ -221,6 +247,7 @@ def select_for_queue(
         reason = chosen or reasons[0]
         if chosen:
             taken[(chosen, hour)] += 1
+        other = None if others is None or pd.isna(others.at[position]) else str(others.at[position])
         selections.append(
             Selection(
                 prediction_id=str(row["id"]),
@@ -229,6 +256,8 @@ def select_for_queue(
                 predicted_at=as_utc(pd.Timestamp(row["created_at"]).to_pydatetime()),
                 drifted=not math.isnan(scores.at[position, DRIFT]),
                 capped=chosen is None,
+                other_label=other,
+                other_version=other_version if other is not None else None,
             )
         )
     return selections

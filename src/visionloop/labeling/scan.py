@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from visionloop.contracts import BUNDLE_FILES
 from visionloop.data.images import load_image
 from visionloop.labeling.queue import LabelQueue
-from visionloop.labeling.rules import DRIFT, REASONS, LabelingRules, rule_scores
+from visionloop.labeling.rules import DRIFT, REASONS, LabelingRules, other_guesses, rule_scores
 from visionloop.models.cache import load_project_version, load_registered, load_version, version_dir
 from visionloop.models.registry import resolve
 from visionloop.models.uris import alias_uri, is_model_uri, version_uri
@@ -72,11 +72,15 @@ def enqueue_frame(
     frame: pd.DataFrame,
     *,
     previous_probabilities: pd.DataFrame | None = None,
+    previous_version: str | None = None,
     drifted_features: Sequence[str] | None = None,
     reference: pd.DataFrame | None = None,
     now: datetime | None = None,
 ) -> EnqueueResult:
-    """Apply the queue's rules to predictions (a ``PredictionLog.read_window`` frame) not yet in the queue."""
+    """Apply the queue's rules to predictions (a ``PredictionLog.read_window`` frame) not yet in the queue.
+
+    Where the disagreement rule fires, the queue row keeps the previous version's guess and
+    ``previous_version`` (the labeling page shows "v1 said 7")."""
     now = as_utc(now or datetime.now(UTC))
     result = EnqueueResult()
     if frame.empty:
@@ -94,7 +98,8 @@ def enqueue_frame(
         reference=reference,
     )
     result.drifted = int(scores[DRIFT].notna().sum())
-    for selection in queue.admit(frame, scores, now):
+    others = None if previous_probabilities is None else other_guesses(frame, previous_probabilities)
+    for selection in queue.admit(frame, scores, now, others=others, other_version=previous_version):
         (result.capped if selection.capped else result.queued)[selection.reason] += 1
     return result
 
@@ -148,6 +153,7 @@ def enqueue_from_log(
         queue,
         frame,
         previous_probabilities=previous_probabilities,
+        previous_version=None if previous_model is None else str(previous_model.version),
         drifted_features=drifted_features,
         reference=reference,
         now=now,

@@ -20,8 +20,10 @@ from mlflow.entities.model_registry import ModelVersion
 
 from visionloop.config import Settings
 from visionloop.models.bundle import ServableModel
+from visionloop.models.onnx_bundle import load_bundle, onnx_cache_root
 from visionloop.models.registry import model_version, resolve
 from visionloop.models.tracking import point_mlflow_at
+from visionloop.params import Runtime
 
 COMPLETE = ".complete"
 
@@ -56,10 +58,16 @@ def _complete(target: Path, run_id: str) -> bool:
     return marker.is_file() and marker.read_text() == run_id
 
 
-def load_version(settings: Settings, version: ModelVersion) -> ServableModel:
-    """A registered version in memory, with its name, version, tags and aliases."""
-    return ServableModel.from_dir(
+def load_version(
+    settings: Settings, version: ModelVersion, runtime: Runtime = "torch", threads: int | None = None
+) -> ServableModel:
+    """A registered version in memory, with its name, version, tags and aliases, on ``runtime`` (PyTorch unless
+    a caller serves it: ``serving.runtime``/``batch.runtime``; ``threads``: ONNX Runtime's, see ``onnx_bundle``)."""
+    return load_bundle(
         version_dir(settings, version),
+        runtime,
+        cache_root=onnx_cache_root(settings),
+        threads=threads,
         name=version.name,
         version=str(version.version),
         tags=dict(version.tags or {}),
@@ -67,11 +75,15 @@ def load_version(settings: Settings, version: ModelVersion) -> ServableModel:
     )
 
 
-def load_registered(settings: Settings, model_uri: str) -> ServableModel:
+def load_registered(
+    settings: Settings, model_uri: str, runtime: Runtime = "torch", threads: int | None = None
+) -> ServableModel:
     """The version a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI names now, in memory."""
-    return load_version(settings, resolve(settings, model_uri))
+    return load_version(settings, resolve(settings, model_uri), runtime, threads)
 
 
-def load_project_version(settings: Settings, version: str) -> ServableModel:
+def load_project_version(
+    settings: Settings, version: str, runtime: Runtime = "torch", threads: int | None = None
+) -> ServableModel:
     """Version ``version`` of the project's registered model (``registry.model_name``), in memory."""
-    return load_version(settings, model_version(settings, version))
+    return load_version(settings, model_version(settings, version), runtime, threads)

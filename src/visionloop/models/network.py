@@ -1,4 +1,4 @@
-"""The network itself: the small CNN and its prediction-only copy — torch alone, no training stack.
+"""The network itself: the small CNN (or a timm backbone, ``models.backbones``) and its prediction-only copy.
 
 Inference (``models.bundle``: serving, batch, monitoring, ``visionloop drift``) rebuilds a version from
 its ``state_dict`` with ``build_network`` and never imports Lightning; training wraps the same
@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from visionloop.models.backbones import SMALL_CNN
 
 
 class SmallCNN(nn.Module):
@@ -57,9 +59,22 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.embedding(x)))
 
+    def transfer_stages(self) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
+        """The conv blocks, first to last, and what follows them (the embedding): what fine-tuning unfreezes."""
+        return [list(block.parameters()) for block in self.blocks], list(self.embed.parameters())
 
-def build_network(config: dict[str, Any]) -> SmallCNN:
-    """The network of a bundle's ``model_config.json`` (untrained: load its ``state_dict`` next)."""
+
+def build_network(config: dict[str, Any]) -> nn.Module:
+    """The network of a bundle's ``model_config.json`` (untrained: load its ``state_dict`` next).
+
+    ``backbone`` absent means small_cnn: bundles written before timm backbones existed stay loadable.
+    A timm network's module (and ``import timm``) is loaded only for a timm bundle.
+    """
+    backbone = config.get("backbone", SMALL_CNN)
+    if backbone != SMALL_CNN:
+        from visionloop.models.backbones import TimmNetwork
+
+        return TimmNetwork(backbone, config["num_classes"], config["in_channels"], config["dropout"])
     return SmallCNN(
         config["num_classes"], config["in_channels"], config["widths"], config["embedding_dim"], config["dropout"]
     )
@@ -76,7 +91,8 @@ def inference_network(network: nn.Module) -> nn.Module:
         if isinstance(module, nn.Sequential):
             for i in range(len(module) - 1):
                 conv, norm = module[i], module[i + 1]
-                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                # exactly BatchNorm2d: subclasses (timm's BatchNormAct2d) also activate, and folding would drop it
+                if isinstance(conv, nn.Conv2d) and type(norm) is nn.BatchNorm2d:
                     module[i], module[i + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
 
     fast = copy.deepcopy(network).eval()

@@ -35,6 +35,9 @@ Artifact = tuple[Path, str | None]
 # MLflow 3 opens an experiment in its GenAI view unless this tag names another kind.
 EXPERIMENT_KIND_TAG, TRAINING_VIEW = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+# MLflow 3.17's UI ignores that tag behind its GenAI / Model-training switch (GenAI unless the page address says
+# otherwise): every link the project hands out asks for the model-training view.
+TRAINING_VIEW_QUERY = "?workflowType=machine_learning"
 
 
 class RunSpec(TypedDict, total=False):
@@ -135,7 +138,7 @@ def run_link(settings: Settings, run_id: str) -> str:
     if not settings.tracking_uri.startswith(("http://", "https://")):
         return f"runs:/{run_id}"
     experiment = client(settings).get_run(run_id).info.experiment_id
-    return f"{settings.tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{settings.tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}{TRAINING_VIEW_QUERY}"
 
 
 def model_version_link(settings: Settings, version: str, name: str | None = None) -> str:
@@ -143,7 +146,7 @@ def model_version_link(settings: Settings, version: str, name: str | None = None
     name = name or settings.model_name
     if not settings.tracking_uri.startswith(("http://", "https://")):
         return f"models:/{name}/{version}"
-    return f"{settings.tracking_uri.rstrip('/')}/#/models/{name}/versions/{version}"
+    return f"{settings.tracking_uri.rstrip('/')}/#/models/{name}/versions/{version}{TRAINING_VIEW_QUERY}"
 
 
 def log_run(
@@ -175,6 +178,23 @@ def log_run(
         for artifact_file, text in (texts or {}).items():
             mlflow.log_text(text, artifact_file)
         return active.info.run_id
+
+
+def run_text(settings: Settings, run_id: str, artifact_file: str) -> str | None:
+    """A text file at the root of a run's artifacts (None: the run has none), read through the tracking server:
+    with proxied artifacts the reader needs no storage credentials."""
+    if artifact_file not in {entry.path for entry in client(settings).list_artifacts(run_id)}:
+        return None
+    point_mlflow_at(settings.tracking_uri)
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
+
+
+def add_artifacts(settings: Settings, run_id: str, files: Iterable[Artifact]) -> None:
+    """Add files to a finished run's artifacts without reopening it (its status and end time stay), e.g. the
+    ONNX export stored with a version at registration (``models.onnx_registry``)."""
+    mlflow_client = client(settings)
+    for path, artifact_path in files:
+        mlflow_client.log_artifact(run_id, str(path), artifact_path)
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -58,6 +58,13 @@ class CheckLog:
             row = connection.execute(query).first()
         return None if row is None else Watermark(*row)
 
+    def last_checked_at(self, model_name: str) -> datetime | None:
+        """When the last completed check of any version of the model ended (None: never checked)."""
+        c = monitor_checks_table.c
+        query = sa.select(c.checked_at).where(c.model_name == model_name).order_by(c.id.desc()).limit(1)
+        with self.engine.connect() as connection:
+            return connection.execute(query).scalar_one_or_none()
+
     def record(self, model_name: str, model_version: str, mark: Watermark, status: str,
                mlflow_run_id: str | None = None) -> None:
         """Remember a completed check and the watermark it judged."""
@@ -77,6 +84,15 @@ def nothing_new(url: str, model_name: str, model_version: str) -> tuple[Watermar
     try:
         mark = log.watermark(model_name, model_version)
         return mark, mark == log.last(model_name, model_version)
+    finally:
+        log.dispose()
+
+
+def previous_check_at(url: str, model_name: str) -> datetime | None:
+    """``CheckLog.last_checked_at``: the report page says how long after the previous check this one ran."""
+    log = CheckLog(url)
+    try:
+        return log.last_checked_at(model_name)
     finally:
         log.dispose()
 

@@ -15,11 +15,12 @@ Prefect ``monitor`` flow runs each one as a task:
    ``evidently_report.check_drift``) on the feature columns: image statistics, reduced embedding,
    predicted class, confidence and the softmax vector; never the identifiers, times or paths of the log.
    Fewer than ``monitoring.min_window`` predictions give a "not enough data" result: no verdict, no alert.
-4. ``reports.write_outputs`` — the report folder; ``reports.log_check`` — the MLflow run;
-   ``evidently_report.add_to_workspace`` — the snapshot in the Evidently workspace (drift over time).
-5. ``performance.monitor_performance`` — the version's predictions that got feedback labels, scored.
-6. ``alert_payload`` — what the alert carries: the verdict summary (``DriftVerdict.summary``) with
-   ``cause``, merged with the performance degradation when labels show one.
+4. ``performance.monitor_performance`` — the version's predictions that got feedback labels, scored.
+5. ``alert_payload`` — what the alert carries: the verdict summary (``DriftVerdict.summary``) with
+   ``cause``, merged with the performance degradation when labels show one, and the report folder.
+6. ``reports.write_outputs`` — the report folder, whose index page shows the performance and the alert;
+   ``reports.log_check`` — the MLflow run; ``evidently_report.add_to_workspace`` — the snapshot in the
+   Evidently workspace (drift over time).
 7. ``checks.record_check`` — the log's watermark the check judged, for the next run's step 1.
 """
 
@@ -212,6 +213,8 @@ def alert_payload(result: MonitorResult | None, performance: PerformanceResult |
         payload["performance"] = performance.summary()  # type: ignore[union-attr]
         payload["severity"] = worst(payload["severity"], performance.severity)  # type: ignore[union-attr]
     payload["cause"] = ", ".join(causes)
+    if result is not None and result.out_dir is not None:
+        payload["report_dir"] = str(result.out_dir)  # the retrain it causes adds its outcome to the report's page
     return payload
 
 
@@ -234,13 +237,15 @@ def run_monitor(
         return stale_result(monitored, mark)
     frame = read_window(settings, monitored, window=window, since=since)
     result = check_window(settings, monitored, frame)
-    if result.verdict is not None and result.snapshot is not None:
+    if result.verdict is not None:
         result.out_dir = new_output_dir(settings)
-        result.files = write_outputs(settings, monitored, frame, result.verdict, result.snapshot, result.out_dir)
-        result.mlflow_run_id = log_check(settings, monitored, result.verdict, result.files)
-        result.evidently_snapshot_id = add_to_workspace(settings, result.snapshot, monitored.name)
-    if performance:
+    if performance:  # before the report, whose index page shows it
         perf_dir = result.out_dir / "performance" if result.out_dir else None
         result.performance = monitor_performance(settings, monitored.model, out_dir=perf_dir)
+    if result.verdict is not None and result.snapshot is not None and result.out_dir is not None:
+        result.files = write_outputs(settings, monitored, frame, result.verdict, result.snapshot, result.out_dir,
+                                     performance=result.performance)
+        result.mlflow_run_id = log_check(settings, monitored, result.verdict, result.files)
+        result.evidently_snapshot_id = add_to_workspace(settings, result.snapshot, monitored.name)
     record_check(settings.db_url, monitored.name, monitored.version, mark, result.status, result.mlflow_run_id)
     return result

@@ -3,14 +3,18 @@
 Under ``<state>/monitoring/<UTC timestamp>/`` (``outputs.new_output_dir``): Evidently's HTML report
 (``report.html``), the JSON verdict (``verdict.json``), the images behind the verdict (``images.png``:
 the current images farthest from the reference in embedding space, each above a typical reference image
-of the class the model predicted for it) and ``index.html``, which links the report and shows the
-verdict and the images. ``log_check`` records the same files and the verdict's numbers in MLflow.
+of the class the model predicted for it), the performance on feedback labels (``performance/``) and
+``index.html`` (``index_page``), which ties them to the alert and the retrain it caused (``record_retrain``
+adds the retrain's outcome when it ends). ``log_check`` records the same files and the verdict's numbers
+in MLflow.
 """
 
 from __future__ import annotations
 
-import html
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,11 +23,16 @@ from matplotlib.figure import Figure
 from visionloop.config import Settings
 from visionloop.contracts import DriftVerdict
 from visionloop.data.images import load_image
+from visionloop.monitoring.checks import previous_check_at
 from visionloop.monitoring.drift import verdict_json
 from visionloop.monitoring.evidently_report import Snapshot, save_report_html
-from visionloop.monitoring.features import CONFIDENCE_COLUMN, EMBEDDING_PREFIX, LABEL_COLUMN
+from visionloop.monitoring.features import CONFIDENCE_COLUMN, EMBEDDING_PREFIX, IMAGE_STAT_COLUMNS, LABEL_COLUMN
+from visionloop.monitoring.index_page import note, render_index
 from visionloop.monitoring.monitored import MonitoredModel
 from visionloop.monitoring.outputs import log_check_run
+
+if TYPE_CHECKING:
+    from visionloop.monitoring.performance import PerformanceResult
 
 
 def write_outputs(
@@ -33,18 +42,55 @@ def write_outputs(
     verdict: DriftVerdict,
     snapshot: Snapshot,
     out_dir: Path,
+    *,
+    performance: PerformanceResult | None = None,
+    alert: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Evidently's report, the JSON verdict, the images behind the verdict and an index page, in ``out_dir``."""
+    """Evidently's report, the JSON verdict, the images behind the verdict and the index page, in ``out_dir``.
+
+    ``performance``: the check on feedback labels made with this one (its plots already in
+    ``out_dir/performance``); ``alert``: what was done about it (``alert_facts``). Both are shown on the
+    index page, or that there are none.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"report": save_report_html(snapshot, out_dir / "report.html")}
     files["verdict"] = out_dir / "verdict.json"
     files["verdict"].write_text(verdict_json(verdict) + "\n")
     k = settings.params.monitoring.outlier_images
-    images = images_behind_verdict(settings, monitored, frame, out_dir / "images.png", k=k)
+    images = images_behind_verdict(
+        settings, monitored, frame, out_dir / "images.png", k=k, drifted=verdict.drifted_features
+    )
     if images is not None:
         files["images"] = images
-    files["index"] = write_index(verdict, out_dir / "index.html", has_images=images is not None)
+    note(
+        out_dir,
+        previous_check_at=previous_check_at(settings.db_url, monitored.name),
+        performance=None if performance is None else performance.to_dict(),
+        alert=alert,
+        no_alert="No alert: no drift and no performance degradation." if not verdict.drift and (
+            performance is None or not performance.degraded) else "Found, but no alert raised by this run "
+        "(`visionloop monitor` reports; the scheduled monitor flow raises alerts).",
+    )
+    files["index"] = render_index(out_dir)
     return files
+
+
+def alert_facts(payload: dict[str, Any], alert_id: str, action: str, reason: str) -> dict[str, Any]:
+    """What the index page says about an alert: its id, severity and cause, and what the healing policy did."""
+    return {"alert_id": alert_id, "action": action, "reason": reason, "severity": payload.get("severity"),
+            "cause": payload.get("cause"), "raised_at": datetime.now(UTC).isoformat()}
+
+
+def record_retrain(out_dir: Path | str, outcome: str) -> Path | None:
+    """The retrain an alert of this check caused has ended: its outcome on the folder's index page.
+
+    None when the folder is gone (state cleaned up): a retrain never fails for its report.
+    """
+    folder = Path(out_dir)
+    if not (folder / "verdict.json").is_file():
+        return None
+    note(folder, retrain={"outcome": outcome, "finished_at": datetime.now(UTC).isoformat()})
+    return render_index(folder)
 
 
 def embedding_outliers(reference: pd.DataFrame, current: pd.DataFrame, k: int) -> list[int]:
@@ -68,11 +114,36 @@ def embedding_outliers(reference: pd.DataFrame, current: pd.DataFrame, k: int) -
     return [int(i) for i in np.argsort(-nearest, kind="stable")[:k]]
 
 
+def outlier_feature(reference: pd.DataFrame, row: pd.Series, drifted: Sequence[str] = ()) -> str:
+    """The feature that sets ``row`` farthest from the reference, as ``brightness +3.2 sd`` (reference
+    standard deviations from its mean), among the drifted features when there are any, else among the
+    image statistics and embedding components: why a person sees this image in the grid."""
+    numeric = [c for c in reference.columns if c in IMAGE_STAT_COLUMNS or c.startswith(EMBEDDING_PREFIX)]
+    candidates = [c for c in drifted if c in numeric] or numeric
+    best, best_z = "", 0.0
+    for column in candidates:
+        value, spread = row.get(column), float(reference[column].std())
+        if value is None or pd.isna(value) or not spread > 0:
+            continue
+        z = (float(value) - float(reference[column].mean())) / spread
+        if abs(z) > abs(best_z):
+            best, best_z = column, z
+    return f"{best} {best_z:+.1f} sd" if best else "no single feature stands out"
+
+
 def images_behind_verdict(
-    settings: Settings, monitored: MonitoredModel, frame: pd.DataFrame, path: Path, k: int
+    settings: Settings,
+    monitored: MonitoredModel,
+    frame: pd.DataFrame,
+    path: Path,
+    k: int,
+    drifted: Sequence[str] = (),
 ) -> Path | None:
     """A PNG grid: the ``k`` current images farthest from the reference (top), each above a typical
     reference image of the class the model predicted for it (bottom). None without embedding features.
+
+    Each current image's caption names its prediction, its time and the feature that sets it apart
+    (``outlier_feature``, among the ``drifted`` ones first), dark on white at a size read without zooming.
     """
     window = frame.reset_index(drop=True)
     outliers = embedding_outliers(monitored.reference, window, k=k)
@@ -86,79 +157,34 @@ def images_behind_verdict(
         resolved = settings.path(file)
         return load_image(resolved) if resolved.is_file() else None
 
-    fig = Figure(figsize=(1.45 * len(outliers) + 0.6, 4.2))
+    fig = Figure(figsize=(2.0 * len(outliers) + 0.8, 5.4), facecolor="white")
     axes = fig.subplots(2, len(outliers), squeeze=False)
     for column, position in enumerate(outliers):
         row = window.iloc[position]
         label = str(row[LABEL_COLUMN])
         panels = [
             (read(row.get("image_path")), f"pred {label} ({float(row[CONFIDENCE_COLUMN]):.2f})\n"
-             f"{pd.Timestamp(row['created_at']):%m-%d %H:%M:%S}"),
+             f"{pd.Timestamp(row['created_at']):%H:%M:%S} UTC\n{outlier_feature(monitored.reference, row, drifted)}"),
             (read(typical.get(label)), f"typical '{label}'"),
         ]
         for ax, (image, caption) in zip(axes[:, column], panels, strict=True):
             ax.set_xticks([])
             ax.set_yticks([])
             if image is None:
-                ax.text(0.5, 0.5, "image\nnot stored", ha="center", va="center", fontsize=7, color="gray")
+                ax.text(0.5, 0.5, "image\nnot stored", ha="center", va="center", fontsize=10, color="#333333")
             else:
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
-            ax.set_title(caption, fontsize=7)
-    axes[0, 0].set_ylabel("current:\nfarthest", fontsize=8)
-    axes[1, 0].set_ylabel("reference:\ntypical", fontsize=8)
+            ax.set_title(caption, fontsize=10, color="#111111")
+    axes[0, 0].set_ylabel("current:\nfarthest", fontsize=11, color="#111111")
+    axes[1, 0].set_ylabel("reference:\ntypical", fontsize=11, color="#111111")
     fig.suptitle(
         f"{monitored.name} v{monitored.version}: current images farthest from the reference (embedding distance)\n"
         "above a typical held-out image of the class the model predicted",
-        fontsize=8,
+        fontsize=11, color="#111111",
     )
     fig.tight_layout(h_pad=1.5)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def write_index(verdict: DriftVerdict, path: Path, *, has_images: bool) -> Path:
-    """A small page beside Evidently's report: the verdict, the per-feature tests and the images."""
-    esc = html.escape
-    rows = "\n".join(
-        f"<tr class=\"{'drifted' if f.drifted else ''}\"><td>{esc(f.feature)}</td><td>{esc(f.test)}</td>"
-        f"<td>{f.statistic:.3f}</td><td>{'–' if f.p_value is None else f'{f.p_value:.3g}'}</td>"
-        f"<td>{f.threshold:.3g}</td><td>{'YES' if f.drifted else 'no'}</td></tr>"
-        for f in verdict.features
-    )
-    images = (
-        '<h2>The images behind the verdict</h2><p>Top: the current images farthest from the reference in '
-        "embedding space. Bottom: a typical held-out image of the class the model predicted for each.</p>"
-        '<img src="images.png" alt="current images farthest from the reference beside typical reference images">'
-        if has_images
-        else "<p>No embedding features: no images to show.</p>"
-    )
-    title = f"Drift check: {esc(str(verdict.model_name))} v{esc(str(verdict.model_version))}"
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: 2px 10px; border-bottom: 1px solid #ddd; }}
-tr.drifted {{ background: #fde2e0; }} .verdict {{ font-size: 1.2em; }}
-img {{ max-width: 100%; border: 1px solid #ccc; }}
-</style></head><body>
-<h1>{title}</h1>
-<p class="verdict"><b>drift: {"yes" if verdict.drift else "no"}</b> · severity <b>{esc(verdict.severity)}</b>
-· {len(verdict.drifted_features)} of {len(verdict.features)} features drifted
-({verdict.share_drifted:.0%})</p>
-<p>{verdict.n_current} predictions from {esc(str(verdict.window_start))} to {esc(str(verdict.window_end))}
-against a reference of {verdict.n_reference}; family-wise false-alarm rate alpha = {verdict.alpha}
-(Bonferroni: each test at alpha / {len(verdict.features)}). Checked {esc(verdict.created_at)}.</p>
-<p><a href="report.html">Evidently report</a> · <a href="verdict.json">verdict (JSON)</a></p>
-{images}
-<h2>Per-feature tests</h2>
-<table><tr><th>feature</th><th>test</th><th>statistic</th><th>p-value</th><th>threshold</th><th>drifted</th></tr>
-{rows}
-</table>
-</body></html>
-"""
-    path.write_text(page)
+    fig.savefig(path, dpi=110, facecolor="white")
     return path
 
 

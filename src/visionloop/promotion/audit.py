@@ -112,7 +112,8 @@ def version_description(record: PromotionRecord) -> str:
     if change := metric_change(record):
         parts.append(f"{change} vs {version_label(record.from_version)}")
     verdict = {"promoted": "promoted to champion", "initial": "first champion"}.get(record.decision, record.decision)
-    return "; ".join(parts) + f". {verdict.capitalize()}: {record.reason}"
+    reason = record.reason.removeprefix(f"{record.decision}: ")  # the gate's reasons start with the decision
+    return "; ".join(parts) + f". {verdict.capitalize()}: {reason}"
 
 
 def decision_note(record: PromotionRecord) -> str:

@@ -25,6 +25,7 @@ from visionloop.config import Settings
 from visionloop.contracts import CHALLENGER, CHAMPION, PromotionRecord
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import load_version, version_dir
+from visionloop.models.onnx_registry import store_onnx
 from visionloop.models.registry import (
     RegistryError,
     alias_version,
@@ -57,9 +58,11 @@ def register_run(settings: Settings, run_id: str, metrics: dict[str, float], tri
     """Register ``runs:/{run_id}/model`` as a new version, tagged with lineage + metrics, as challenger.
 
     With no champion yet, the version becomes champion if ``metrics[min_quality.metric]`` reaches
-    the threshold; that decision (``initial`` or ``refused``) is recorded like every promotion.
+    the threshold; that decision (``initial`` or ``refused``) is recorded like every promotion. The version's
+    ONNX export is stored with it (``models.onnx_registry``).
     """
     version = register_version(settings, run_id, metrics)
+    store_onnx(settings, version)  # the version's ONNX export, checked on the gate set, for an ONNX runtime
     record = None
     if alias_version(settings, CHAMPION) is None:
         gate = initial_gate(settings, version, metrics)

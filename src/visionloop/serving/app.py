@@ -34,16 +34,18 @@ from visionloop.serving.batcher import MicroBatcher
 from visionloop.serving.deps import LogWriter, token_guard
 from visionloop.serving.guards import RequestGuard, internal_error
 from visionloop.serving.reload import ModelManager
-from visionloop.serving.routes import feedback, health, labeling, model, pages, predict
+from visionloop.serving.routes import feedback, health, labeling, model, pages, predict, stream
 from visionloop.serving.schemas import ErrorResponse
-from visionloop.serving.sources import ModelSource
+from visionloop.serving.sources import ModelSource, source_from_uri
+from visionloop.serving.workers import WorkerBoard, board_dir
 from visionloop.store.predlog import PredictionLog
 from visionloop.store.writer import PredictionLogWriter
 from visionloop.store.writer_process import ProcessLogWriter
 
 log = logging.getLogger(__name__)
 
-PUBLIC_ROUTERS = (health.router, model.router, pages.router, labeling.metrics_router)
+PUBLIC_ROUTERS = (health.router, model.router, pages.router, labeling.metrics_router,
+                  stream.router)  # the /stream WebSocket checks host, origin and token at its handshake itself
 PROTECTED_ROUTERS = (predict.router, feedback.router, labeling.router)  # need the token when one is set
 
 
@@ -67,6 +69,8 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
     writer = make_writer(settings)
     app.state.manager = manager
     app.state.writer = writer
+    app.state.board = WorkerBoard(board_dir(settings))  # every worker of this port: its pid and version
+    manager.on_swap.append(app.state.board.publish)
     app.state.batcher = MicroBatcher(
         manager.current,
         max_batch=serving.max_batch,
@@ -75,6 +79,11 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
     )
     add_routes(app, settings)
     return app
+
+
+def worker_app(settings: Settings, model_uri: str | None) -> FastAPI:
+    """The app of one of ``serve --workers N``'s processes, built in that process (the factory uvicorn calls)."""
+    return create_app(settings, source_from_uri(settings, model_uri))
 
 
 def add_routes(app: FastAPI, settings: Settings) -> None:
@@ -103,6 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(state.settings.params.serving.torch_threads)
     await asyncio.to_thread(state.writer.start)
+    state.board.join()
     state.batcher.start()
     poller = asyncio.create_task(state.manager.run(), name="model-poller")
     state.started = time.monotonic()  # GET /health's uptime
@@ -117,6 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.writer.close, state.settings.params.serving.drain_seconds)
         if state.writer.log is not None:
             state.writer.log.dispose()
+        state.board.leave()
         torch.set_num_threads(threads_before)  # the process may go on (tests, notebooks)
 
 

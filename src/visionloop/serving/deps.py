@@ -21,6 +21,7 @@ from visionloop.models.bundle import ServableModel
 from visionloop.serving.batcher import MicroBatcher
 from visionloop.serving.guards import token_matches
 from visionloop.serving.reload import ModelManager
+from visionloop.serving.workers import WorkerBoard
 from visionloop.store.predlog import PredictionLog
 from visionloop.store.writer import PredictionLogWriter
 from visionloop.store.writer_process import ProcessLogWriter
@@ -46,6 +47,10 @@ async def get_writer(request: Request) -> LogWriter:
     return request.app.state.writer
 
 
+async def get_board(request: Request) -> WorkerBoard:
+    return request.app.state.board
+
+
 async def uptime_seconds(request: Request) -> float:
     return round(time.monotonic() - request.app.state.started, 3)
 
@@ -55,6 +60,7 @@ ManagerDep = Annotated[ModelManager, Depends(get_manager)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 WriterDep = Annotated[LogWriter, Depends(get_writer)]
 Uptime = Annotated[float, Depends(uptime_seconds)]
+BoardDep = Annotated[WorkerBoard, Depends(get_board)]
 
 
 async def serving_model(manager: ManagerDep) -> ServableModel | None:

@@ -85,15 +85,15 @@ class RequestGuard:
     def refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, dict[str, str] | None] | None:
         """(status, reason, headers) of a request refused on its headers alone, or None."""
         host = headers.get("host")
-        if host is not None and self.hosts is not None and _hostname(host) not in self.hosts:
+        if host is not None and self.hosts is not None and hostname_of(host) not in self.hosts:
             return 400, f"host {host!r} is not served here (serving.allowed_hosts)", None
         if scope["method"] in STATE_CHANGING:
             source = headers.get("origin", headers.get("referer"))
-            same_origin = source is not None and host is not None and _same_origin(source, host)
-            if source is not None and not same_origin:
+            from_here = source is not None and host is not None and same_origin(source, host)
+            if source is not None and not from_here:
                 return 403, "cross-origin request refused: its Origin or Referer is not this server", None
             media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if media_type in SIMPLE_CONTENT_TYPES and not same_origin and scope["path"] != UPLOAD_PATH:
+            if media_type in SIMPLE_CONTENT_TYPES and not from_here and scope["path"] != UPLOAD_PATH:
                 return 403, f"{media_type} is refused here without a same-origin Origin; send application/json", None
             if self.token is not None and not token_matches(headers.get("authorization"), self.token):
                 return 401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
@@ -109,7 +109,7 @@ def allowed_hosts(host: str, extra: Iterable[str]) -> frozenset[str] | None:
     names = {*LOOPBACK_HOSTS, host, *extra}
     if "*" in names:
         return None
-    return frozenset(_hostname(name) for name in names)
+    return frozenset(hostname_of(name) for name in names)
 
 
 def new_request_id() -> str:
@@ -172,7 +172,7 @@ def _headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-def _hostname(host: str) -> str:
+def hostname_of(host: str) -> str:
     """The name of a ``Host`` value without its port: ``[::1]:8000`` → ``::1``, ``Example:80`` → ``example``."""
     host = host.strip().lower()
     if host.startswith("["):
@@ -180,7 +180,7 @@ def _hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _same_origin(source: str, host: str) -> bool:
+def same_origin(source: str, host: str) -> bool:
     """Whether an ``Origin``/``Referer`` URL names the server the request was sent to (host and port)."""
     origin = urlsplit(source)
     if origin.scheme not in ("http", "https") or not origin.hostname:

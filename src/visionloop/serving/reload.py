@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,7 @@ class ModelManager:
         self.last_poll_error: str | None = None
         self._failed: dict[str, float] = {}  # version → monotonic time it may be retried
         self._lock = asyncio.Lock()
+        self.on_swap: list[Callable[[str], None]] = []  # told each version swapped in (the workers' board)
 
     def current(self) -> ServableModel | None:
         """The model serving now (the batcher reads it once per batch)."""
@@ -140,6 +142,8 @@ class ModelManager:
             self.last_reload_error = None
             self._failed.pop(version, None)
             log.info("now serving %s version %s (was %s)", model.name, model.version, previous)
+            for listener in self.on_swap:
+                listener(str(model.version))
             return True
 
     def _load_checked(self, version: str) -> ServableModel:

@@ -122,6 +122,12 @@ class LogStatus(BaseModel):
     last_error_at: str | None = Field(None, description="When it happened.")
 
 
+class WorkerStatus(BaseModel):
+    pid: int = Field(description="The worker process.")
+    model_version: str | None = Field(None, description="The version it serves (None: none loaded yet).")
+    since: str = Field(description="When it started serving that version (UTC, ISO 8601).")
+
+
 class HealthResponse(BaseModel):
     status: str = Field(description="Always 'ok' while the process answers.")
     prediction_log: str = Field(description="ok | degraded | unavailable (see log.state); answers go out either way.")
@@ -137,6 +143,8 @@ class HealthResponse(BaseModel):
     images: int = Field(description="Images predicted.")
     largest_batch: int = Field(description="Largest forward batch so far.")
     uptime_s: float = Field(description="Seconds since start.")
+    pid: int = Field(description="The process that answered (one of `serve --workers N`'s).")
+    workers: list[WorkerStatus] = Field(description="Every live serving process on this port and its version.")
 
 
 class ReadyResponse(BaseModel):

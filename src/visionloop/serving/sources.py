@@ -14,6 +14,7 @@ from visionloop.config import Settings
 from visionloop.contracts import CHAMPION
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import load_project_version
+from visionloop.models.onnx_bundle import load_bundle, onnx_cache_root
 from visionloop.models.registry import alias_version
 from visionloop.models.uris import is_model_uri, parse_model_uri
 
@@ -45,23 +46,36 @@ class RegistryModelSource:
         return alias_version(self.settings, self.alias)
 
     def load(self, version: str) -> ServableModel:
-        """One version, from the local cache of registered versions (downloaded on first use)."""
-        return load_project_version(self.settings, str(version))
+        """One version, from the local cache of registered versions (downloaded on first use), on
+        ``serving.runtime``."""
+        serving = self.settings.params.serving
+        return load_project_version(self.settings, str(version), serving.runtime, serving.torch_threads)
 
 
 class LocalBundleSource:
-    """A bundle directory laid out like ``contracts.BUNDLE_FILES``: one fixed version, never reloads."""
+    """A bundle directory laid out like ``contracts.BUNDLE_FILES``: one fixed version, never reloads.
 
-    def __init__(self, directory: Path | str, name: str | None = None, version: str = "local") -> None:
+    With ``settings`` it loads on ``serving.runtime`` (an ONNX export is cached in the state dir); without, on
+    PyTorch.
+    """
+
+    def __init__(
+        self, directory: Path | str, name: str | None = None, version: str = "local", settings: Settings | None = None
+    ) -> None:
         self.directory = Path(directory)
         self.name = name or self.directory.resolve().name
         self.version = version
+        self.settings = settings
 
     def current_version(self) -> str | None:
         return self.version
 
     def load(self, version: str) -> ServableModel:
-        return ServableModel.from_dir(self.directory, name=self.name, version=version)
+        if self.settings is None:
+            return ServableModel.from_dir(self.directory, name=self.name, version=version)
+        serving = self.settings.params.serving
+        return load_bundle(self.directory, serving.runtime, cache_root=onnx_cache_root(self.settings),
+                           threads=serving.torch_threads, name=self.name, version=version)
 
 
 class PinnedVersionSource:
@@ -106,5 +120,5 @@ def source_from_uri(settings: Settings, uri: str | None) -> ModelSource:
         return PinnedVersionSource(registry_model_source(settings, CHAMPION, name), version)
     path = settings.path(uri)
     if path.is_dir():
-        return LocalBundleSource(path, name=settings.model_name)
+        return LocalBundleSource(path, name=settings.model_name, settings=settings)
     raise ValueError(f"--model-uri {uri!r} is not models:/NAME@ALIAS, models:/NAME/VERSION or a bundle folder")

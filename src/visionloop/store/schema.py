@@ -82,6 +82,8 @@ label_queue_table = sa.Table(
     sa.Column("drifted", sa.Boolean, nullable=False, default=False),  # matched the drift rule when scanned
     sa.Column("claimed_by", sa.String(64), nullable=True),  # a labeler's session holding the item
     sa.Column("claimed_until", UTCDateTime(), nullable=True),
+    sa.Column("other_label", sa.String(200), nullable=True),  # where the disagreement rule fired: the other
+    sa.Column("other_version", sa.String(64), nullable=True),  # model's top guess and version (previous champion)
 )
 label_scans_table = sa.Table(
     LABEL_QUEUE_SCANS,

@@ -6,6 +6,9 @@ what is still unwritten then is spilled here, one JSON line per entry, into a fi
 does not exist). The next writer replays every file, oldest first, before new traffic, and deletes a
 file once all of its entries are written. Replaying an entry that was in fact written already is
 harmless: ``PredictionLog.write`` skips ids it holds.
+
+Several writers share one spool (the workers of ``serve --workers N``): a writer replays only the files it
+could lock (``.<name>.lock``, released by the kernel if it dies), so no file is replayed by two at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from visionloop.locks import release, try_lock
 from visionloop.store.records import LogEntry, PendingFeedback, PendingPredictions
 
 logger = logging.getLogger(__name__)
@@ -44,24 +48,48 @@ def spill(spool_dir: Path, entries: list[LogEntry]) -> Path:
     return path
 
 
-def load(spool_dir: Path) -> list[tuple[Path, list[LogEntry]]]:
+def load(spool_dir: Path, claims: dict[Path, int] | None = None) -> list[tuple[Path, list[LogEntry]]]:
     """Every spool file under ``spool_dir``, oldest first, with its entries.
 
-    A file that cannot be read is renamed ``*.bad`` (kept for an operator, never replayed twice).
+    With ``claims``, only the files no other writer holds: each is locked and its lock put in ``claims``
+    until ``discard``. A file that cannot be read is renamed ``*.bad`` (kept for an operator, never replayed twice).
     """
     if not spool_dir.is_dir():
         return []
     files = []
     for path in sorted(spool_dir.glob(f"*{SUFFIX}")):
+        if claims is not None:
+            fd = try_lock(_lock_path(path))
+            if fd is None:  # another writer is replaying it
+                continue
+            claims[path] = fd
+            if not path.exists():  # replayed and deleted by another writer since the listing
+                discard(path, claims)
+                continue
         try:
             with open(path, encoding="utf-8") as file:
                 entries = [_decode(json.loads(line)) for line in file if line.strip()]
         except (OSError, ValueError, KeyError, TypeError) as error:
             logger.error("cannot replay the spooled log entries in %s (%s); kept as %s.bad", path, error, path.name)
             path.rename(path.with_name(f"{path.name}.bad"))
+            if claims is not None:
+                discard(path, claims)
             continue
         files.append((path, entries))
     return files
+
+
+def discard(path: Path, claims: dict[Path, int]) -> None:
+    """Delete a replayed spool file and let go of its claim."""
+    path.unlink(missing_ok=True)
+    fd = claims.pop(path, None)
+    if fd is not None:
+        _lock_path(path).unlink(missing_ok=True)
+        release(fd)
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
 
 
 def _encode(entry: LogEntry) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class WriterQueue:
         self._replayed = 0
         self._replay_files: list[Path] = []  # deleted once every entry up to _replay_until is acknowledged
         self._replay_until = -1
+        self._replay_claims: dict[Path, int] = {}  # the locks on the spool files this writer replays
 
     def submit(self, pending: PendingPredictions) -> bool:
         """Queue answered predictions for logging; False (and counted as dropped) when the queue is full."""
@@ -123,7 +124,7 @@ class WriterQueue:
             replay_done = self._replay_files and next(iter(self._entries), self._replay_until + 1) > self._replay_until
             files, self._replay_files = (self._replay_files, []) if replay_done else ([], self._replay_files)
         for path in files:
-            path.unlink(missing_ok=True)
+            spool.discard(path, self._replay_claims)
 
     def _forget(self, seq: int) -> LogEntry | None:
         """Remove an entry and its ids from what is waiting (the lock is held)."""
@@ -143,7 +144,7 @@ class WriterQueue:
         """
         if self._spool_dir is None or log is None or log.problem() is not None:
             return
-        loaded = spool.load(self._spool_dir)
+        loaded = spool.load(self._spool_dir, self._replay_claims)  # not the files another worker replays
         with self._lock:
             for path, entries in loaded:
                 for entry in entries:
@@ -175,7 +176,7 @@ class WriterQueue:
             logger.warning("%d prediction-log entries not written in time; kept in %s for the next start",
                            len(entries), path)
         for path in files:
-            path.unlink(missing_ok=True)
+            spool.discard(path, self._replay_claims)
 
     def _queue_counts(self, status: WriterStatus) -> WriterStatus:
         """``status`` with this side's counters (the lock is held)."""

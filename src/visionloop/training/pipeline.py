@@ -14,9 +14,11 @@ import pandas as pd
 
 from visionloop.config import Settings
 from visionloop.contracts import BUNDLE_FILES
-from visionloop.data.digits import import_digits
+from visionloop.data.contours import write_contours
+from visionloop.data.digits import clear_data_dir, import_digits
 from visionloop.data.manifest import metadata_columns, read_manifest
 from visionloop.data.prepare import prepare_from_settings
+from visionloop.data.shapes import write_shapes
 from visionloop.models.bundle import ServableModel
 from visionloop.models.tracking import log_run
 from visionloop.monitoring.slice_report import slice_report
@@ -25,17 +27,31 @@ from visionloop.training.datamodule import load_images
 from visionloop.training.evaluate import run_evaluation
 from visionloop.training.train import train
 
+# The generated data sets `data import` can write besides the embedded digits (data.dataset).
+GENERATED = {"shapes": write_shapes, "contours": write_contours}
 MODEL_DIR = "models"
 METRICS_FILE = "metrics.json"
 PLOTS_DIR = "reports/plots"
 REGISTRATION_FILE = "reports/registration.json"
 
 
-def import_step(settings: Settings) -> int:
-    """Write the embedded data set (sklearn digits) as PNG files; returns the number written."""
+def import_step(settings: Settings, dataset: str | None = None, out_dir: Path | None = None) -> int:
+    """Write an embedded data set to ``data.raw_dir`` (or ``out_dir``); returns the number of images written.
+
+    ``dataset`` (default ``data.dataset``): ``digits`` (scikit-learn's real digits, PNGs) or a generated
+    RGB set, ``shapes`` or ``contours`` (``data.generated_images`` JPEGs and a ``manifest.csv`` whose
+    condition columns are slices; seeded by ``seed``).
+    """
 
     data = settings.params.data
-    return import_digits(settings.path(data.raw_dir), data.image_size)
+    name = dataset or data.dataset
+    if name != "digits" and name not in GENERATED:
+        raise ValueError(f"unknown data set {name!r}; one of digits, {', '.join(GENERATED)}")
+    target = out_dir or settings.path(data.raw_dir)
+    if name == "digits":
+        return import_digits(target, data.image_size)
+    clear_data_dir(target)
+    return GENERATED[name](target, data.generated_images, settings.seed)
 
 
 def prepare_step(settings: Settings):

@@ -18,23 +18,26 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.strategies import DDPStrategy
 
 from visionloop.config import Settings
-from visionloop.contracts import BUNDLE_FILES, DataVersion
+from visionloop.contracts import BUNDLE_FILES, DATA_VERSION_FILE, DataVersion
+from visionloop.data.dvcrepo import keep_data_version
 from visionloop.data.lineage import data_version as compute_data_version
 from visionloop.data.lineage import git_commit, git_dirty
 from visionloop.data.manifest import read_manifest
 from visionloop.data.prepare import source_from_settings
 from visionloop.data.snapshot import PRODUCTION_ORIGIN
+from visionloop.models.backbones import load_pretrained
 from visionloop.models.bundle import ServableModel
 from visionloop.models.cache import load_registered
 from visionloop.models.tracking import flatten, log_dataset, open_run
 from visionloop.models.uris import is_model_uri
 from visionloop.monitoring.features import build_reference_profile
 from visionloop.training.datamodule import ImageDataModule, class_names, load_images
-from visionloop.training.model import ImageClassifier, architecture_from_params
+from visionloop.training.model import ARCHITECTURE_KEYS, ImageClassifier, architecture_from_params
 from visionloop.training.preprocess import pipeline_to_json
 
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
@@ -87,7 +90,7 @@ def load_base(base: str, settings: Settings) -> BaseWeights:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         hp = checkpoint.get("hyper_parameters", {})
         state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-        config = {k: hp[k] for k in ("num_classes", "in_channels", "widths", "embedding_dim", "dropout")}
+        config = {k: hp[k] for k in ARCHITECTURE_KEYS if k in hp}  # no backbone key: a small_cnn checkpoint
         return BaseWeights(state, config, None, str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     config_path = path.with_name("model_config.json")
@@ -97,22 +100,28 @@ def load_base(base: str, settings: Settings) -> BaseWeights:
 
 
 def build_classifier(settings: Settings, classes: list[str], base: BaseWeights | None, strategy: str):
-    """The LightningModule: fresh from params, or the base architecture with its weights loaded."""
+    """The LightningModule: fresh from params (pretrained backbone weights loaded if ``model.pretrained`` names
+    some), or the base architecture with its weights loaded. Without either, the strategy is ``full``."""
 
     train_params = settings.params.train
     arch = {**base.config, "num_classes": len(classes)} if base else architecture_from_params(settings.params,
                                                                                               len(classes))
+    pretrained = None if base else settings.params.model.pretrained
+    transfer = base is not None or pretrained is not None
     lr = train_params.lr
-    if base and strategy == "fine_tuning":
+    if transfer and strategy == "fine_tuning":
         lr *= train_params.fine_tune_lr_factor
     model = ImageClassifier(
         **arch,
         lr=lr,
         weight_decay=train_params.weight_decay,
         epochs=train_params.epochs,
-        strategy=strategy if base else "full",
+        warmup_epochs=train_params.warmup_epochs,
+        strategy=strategy if transfer else "full",
         fine_tune_blocks=train_params.fine_tune_blocks,
     )
+    if pretrained is not None:
+        load_pretrained(model.net, pretrained, settings.root)
     if base:
         state = base.state_dict
         same_head = base.classes == classes and base.config["num_classes"] == len(classes)
@@ -187,14 +196,20 @@ def train(
         log_dataset(manifest.drop(columns=["abs_path"], errors="ignore"), name=f"{settings.model_name} data",
                     source=str(settings.path(data_version.path)), context="training",
                     tags={**data_version.as_tags(), "n_images": str(len(manifest))})
+        # Kept in DVC's cache and remote, its .dvc file with the run: `visionloop data checkout` restores it.
+        if (dvc_file := keep_data_version(settings, data_version)) is not None:
+            mlflow.log_text(dvc_file, DATA_VERSION_FILE)
         checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc",
                                      mode="max", save_top_k=1, save_last=False)
         trainer = pl.Trainer(
             max_epochs=train_params.epochs,
             accelerator="cpu",
+            devices=train_params.devices,
+            num_nodes=train_params.num_nodes,
+            strategy=distribution(train_params.devices * train_params.num_nodes),
             deterministic=True,
             logger=MLFlowLogger(tracking_uri=settings.tracking_uri, run_id=run.info.run_id),
-            callbacks=[checkpoint],
+            callbacks=[checkpoint, *early_stopping(train_params.early_stopping_patience)],
             log_every_n_steps=5,
             enable_model_summary=False,
             default_root_dir=str(out_dir),
@@ -206,7 +221,7 @@ def train(
         if checkpoint.best_model_path:
             best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
             model.load_state_dict(best["state_dict"])
-        best_val = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan")
+        best_val = best_score(checkpoint)
         bundle_dir = write_bundle(settings, model, classes, datamodule, out_dir)
         mlflow.log_artifacts(str(bundle_dir / "bundle"), artifact_path="bundle")
         log_servable_model(model, datamodule)
@@ -214,6 +229,38 @@ def train(
         result = TrainResult(run.info.run_id, out_dir, bundle_dir, classes, best_val, data_version)
     (out_dir / "run.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def distribution(processes: int) -> str | DDPStrategy:
+    """Lightning's strategy for ``train.devices`` × ``train.num_nodes`` processes: one process as before, or DDP.
+
+    DDP starts its processes by *spawning* them for ``fit`` alone (gloo, the CPU backend): everything around
+    ``fit`` — the MLflow run, the bundle, registration — stays in this process, so it happens once whatever
+    the count, and ``train`` runs the same from the CLI, a DVC stage, a Prefect task or a test. Within ``fit``
+    only rank 0 logs metrics and saves checkpoints; the metrics are synchronised across ranks (torchmetrics).
+    """
+    if processes == 1:
+        return "auto"
+    return DDPStrategy(process_group_backend="gloo", start_method="spawn")
+
+
+def early_stopping(patience: int | None) -> list[EarlyStopping]:
+    """Stop once val loss has not improved for ``patience`` epochs (``train.early_stopping_patience``; None: never).
+
+    Small data sets get many epochs by default (``visionloop init``) so that they train enough; this ends
+    them once more epochs stop helping, which the best-``val/acc`` checkpoint could not do by itself.
+    """
+    return [] if patience is None else [EarlyStopping(monitor="val/loss", mode="min", patience=patience)]
+
+
+def best_score(checkpoint: ModelCheckpoint) -> float:
+    """The best monitored value; after a spawned DDP ``fit`` only the best file's path comes back, so read it there."""
+    if checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    if not checkpoint.best_model_path:
+        return float("nan")
+    saved = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    return float(saved["callbacks"][checkpoint.state_key]["best_model_score"])
 
 
 def describe_training(

@@ -12,19 +12,22 @@ Both are for an operator, in ``/health``'s ``prediction_log`` and ``log`` counte
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from visionloop.serving.deps import BatcherDep, ManagerDep, ServingModel, Uptime, WriterDep
-from visionloop.serving.schemas import HealthResponse, LogStatus, ReadyResponse
+from visionloop.serving.deps import BatcherDep, BoardDep, ManagerDep, ServingModel, Uptime, WriterDep
+from visionloop.serving.schemas import HealthResponse, LogStatus, ReadyResponse, WorkerStatus
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness and the state of the prediction log")
-def health(manager: ManagerDep, writer: WriterDep, batcher: BatcherDep, uptime: Uptime) -> HealthResponse:
+def health(manager: ManagerDep, writer: WriterDep, batcher: BatcherDep, uptime: Uptime,
+           board: BoardDep) -> HealthResponse:
     """200 while the process answers; says whether the prediction log is writing (ok), restarting its writer
-    (degraded) or cannot reach its database (unavailable)."""
+    (degraded) or cannot reach its database (unavailable), and which version every worker serves."""
     status = manager.status()
     log_status = writer.status()
     stats = batcher.stats
@@ -41,6 +44,8 @@ def health(manager: ManagerDep, writer: WriterDep, batcher: BatcherDep, uptime: 
         images=stats.images,
         largest_batch=stats.largest_batch,
         uptime_s=uptime,
+        pid=os.getpid(),
+        workers=[WorkerStatus(**record) for record in board.members()],
     )
 
 

@@ -144,8 +144,14 @@ const vl = (() => {
       $("item").hidden = !item;
       if (item) {
         $("prediction-id").textContent = item.prediction_id;
-        $("reason").textContent = item.reason.replace("_", " ");
+        // the disagreement badge says what the other model guessed ("v1 said 7"), whichever rule queued the image
+        const said = item.other_label == null ? "" :
+          (item.other_version ? "v" + item.other_version : "the other model") + " said " + item.other_label;
+        const disagreed = item.reason === "disagreement";
+        $("reason").textContent = item.reason.replace("_", " ") + (disagreed && said ? ": " + said : "");
         $("reason").className = "badge " + item.reason;
+        $("other").textContent = "disagreement: " + said;
+        $("other").hidden = disagreed || !said;
         $("when").textContent = "predicted " + item.predicted_label + " at " +
           (100 * item.confidence).toFixed(0) + "% · v" + item.model_version + " · " +
           new Date(item.created_at).toLocaleString();

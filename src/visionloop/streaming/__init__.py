@@ -1,0 +1,1 @@
+"""Streamed video: decode (PyAV), sample and drop (policy), classify and log (loop), write (output)."""
