@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers.browser import CHROMIUM, CHROMIUM_ARGS
+from helpers.browser import CHROMIUM
 from helpers.images import png
 from helpers.models import eval_transform_json
 from helpers.project import repo_params
@@ -124,16 +124,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     with serve(create_app(settings, PixelSource())) as url:
         yield Served(url, settings, flipped, digits)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_label_three_images_with_the_keyboard(served: Served, browser: Any, tmp_path: Path) -> None:

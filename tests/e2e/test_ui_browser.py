@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.browser import CHROMIUM, CHROMIUM_ARGS
+from helpers.browser import CHROMIUM
 from helpers.project import copy_project
 from helpers.traffic import log_traffic, unseen_images
 from helpers.ui_stack import UiStack, evidently_ui, ui_stack
@@ -109,16 +109,6 @@ def _flow_run(state: Any) -> FlowRun:
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
     return FlowRun(str(run.id), run.name, state.result())
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @dataclass
