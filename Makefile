@@ -25,9 +25,10 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# One resolution and one editable build: installing '.[dev]' after '.' resolved and built everything twice.
+$(VENV)/.installed-dev: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+	touch $(VENV)/.installed $@
 
 env: $(VENV)/.installed
 env-dev: $(VENV)/.installed-dev

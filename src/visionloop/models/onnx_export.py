@@ -58,29 +58,33 @@ class _ProbabilitiesAndEmbeddings(nn.Module):
 def export_network(network: nn.Module, example: torch.Tensor, path: Path) -> str:
     """Write ``network`` (eval mode, unchanged) as ONNX at ``path``; return the exporter that worked.
 
-    ``torch.onnx.export(dynamo=True)`` (torch.export, then onnxscript) is tried first; the legacy
-    TorchScript exporter is the fallback for a network torch.export cannot trace. ``example`` is one
-    preprocessed batch (its height, width and channels are fixed in the graph, its batch axis is not).
+    The TorchScript exporter (``dynamo=False``) is tried first: on these CNNs it writes the same graph
+    (parity ~3e-8 on digits and a timm ResNet) in 0.1–0.5 s, where ``torch.onnx.export(dynamo=True)``
+    (torch.export, then onnxscript) takes 1–3 s a call and ~10 s for the first in a process, which
+    every registration pays. torch deprecates the TorchScript exporter, so the dynamo exporter is the
+    fallback for a network it cannot trace or a torch without it. ``example`` is one preprocessed batch
+    (its height, width and channels are fixed in the graph, its batch axis is not); the caller's parity
+    check on the gate set (``onnx_bundle.export_bundle``) judges whichever exporter wrote the file.
     """
     wrapped = _ProbabilitiesAndEmbeddings(network).eval()
     example = example[:2] if len(example) >= 2 else example.repeat(2, 1, 1, 1)  # batch 1 would be specialised
     path.parent.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": list(OUTPUT_NAMES), "opset_version": OPSET}
-    try:
-        batch = torch.export.Dim("batch", min=1)
-        with warnings.catch_warnings():  # torch.export's notes on its own internals: nothing a user can act on
-            warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (example,), str(path), dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes={"x": {0: batch}}, **common)
-        return "dynamo"
-    except Exception as error:  # noqa: BLE001 - any failure of the new exporter: fall back to the legacy one
-        log.warning("torch.onnx dynamo export failed (%s: %s); using the TorchScript exporter",
-                    type(error).__name__, error)
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(wrapped, (example,), str(path), dynamo=False, dynamic_axes=axes, **common)
-    return "torchscript"
+    try:
+        with warnings.catch_warnings():  # its deprecation notice: the fallback below is the answer to it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(wrapped, (example,), str(path), dynamo=False, dynamic_axes=axes, **common)
+        return "torchscript"
+    except Exception as error:  # noqa: BLE001 - any failure of the legacy exporter: use the torch.export one
+        log.warning("torch.onnx TorchScript export failed (%s: %s); using the dynamo exporter",
+                    type(error).__name__, error)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():  # torch.export's notes on its own internals: nothing a user can act on
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+                          dynamic_shapes={"x": {0: batch}}, **common)
+    return "dynamo"
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:

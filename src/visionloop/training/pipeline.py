@@ -19,13 +19,9 @@ from visionloop.data.digits import clear_data_dir, import_digits
 from visionloop.data.manifest import metadata_columns, read_manifest
 from visionloop.data.prepare import prepare_from_settings
 from visionloop.data.shapes import write_shapes
-from visionloop.models.bundle import ServableModel
-from visionloop.models.tracking import log_run
-from visionloop.monitoring.slice_report import slice_report
-from visionloop.promotion.promote import register_run
-from visionloop.training.datamodule import load_images
-from visionloop.training.evaluate import run_evaluation
-from visionloop.training.train import train
+
+# The model steps import torch, Lightning and MLflow inside themselves: the `data import` and `data prepare`
+# stages (a `visionloop` process each under `dvc repro`) need none of them (~75 % of this module's import time).
 
 # The generated data sets `data import` can write besides the embedded digits (data.dataset).
 GENERATED = {"shapes": write_shapes, "contours": write_contours}
@@ -61,11 +57,13 @@ def prepare_step(settings: Settings):
 
 
 def train_step(settings: Settings, trigger: str = "cli", **kwargs: Any):
+    from visionloop.training.train import train
 
     return train(settings, out_dir=settings.path(MODEL_DIR), trigger=trigger, **kwargs)
 
 
 def evaluate_step(settings: Settings, model_dir: Path | None = None):
+    from visionloop.training.evaluate import run_evaluation
 
     return run_evaluation(
         settings,
@@ -78,7 +76,10 @@ def evaluate_step(settings: Settings, model_dir: Path | None = None):
 
 def slices_step(settings: Settings, model_dir: Path | None = None) -> tuple[Any, Path]:
     """Accuracy per slice of the trained model on the test split (`evaluate --slices`), logged to its run."""
-
+    from visionloop.models.bundle import ServableModel
+    from visionloop.models.tracking import log_run
+    from visionloop.monitoring.slice_report import slice_report
+    from visionloop.training.datamodule import load_images
 
     model_dir = model_dir or settings.path(MODEL_DIR)
     model = ServableModel.from_dir(model_dir, name=settings.model_name, version="trained")
@@ -97,6 +98,7 @@ def slices_step(settings: Settings, model_dir: Path | None = None) -> tuple[Any,
 
 def register_step(settings: Settings, trigger: str = "cli", model_dir: Path | None = None) -> dict[str, Any]:
     """Register the trained run's model; the first good one becomes champion."""
+    from visionloop.promotion.promote import register_run
 
     run = json.loads(((model_dir or settings.path(MODEL_DIR)) / "run.json").read_text())
     metrics = json.loads(settings.path(METRICS_FILE).read_text())
