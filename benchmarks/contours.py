@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from contour_styles import write_styled_contours  # benchmarks/contour_styles.py: the other generator
 from machine import describe  # benchmarks/machine.py (the script's folder is on sys.path)
 
 from visionloop.config import Settings, apply_offline_environment
@@ -99,7 +100,7 @@ def base_settings(train_rows: pd.DataFrame, workdir: Path, image_size: int, back
         "data": {"channels": 3},
         "augment": {"train": resize + overrides["augment"]["train"][1:],
                     "eval": resize + overrides["augment"]["eval"][1:]},
-        "model": {"backbone": backbone, "pretrained": None},
+        "model": {**overrides["model"], "backbone": backbone, "pretrained": None},
         "train": {"batch_size": BATCH_SIZE, "early_stopping_patience": None},
     })
 
@@ -141,8 +142,9 @@ def pretrain(settings: Settings, shapes: pd.DataFrame, steps: int, seed: int, ou
     return load_base(str(out / "shapes.pt"), settings)
 
 
-def score(model, settings: Settings, test: pd.DataFrame, classes: list[str]) -> dict[str, float]:
-    """Accuracy on the held-in test images, the held-out corner and every slice of the off-condition images."""
+def score(model, settings: Settings, test: pd.DataFrame, classes: list[str], unseen: pd.DataFrame) -> dict[str, float]:
+    """Accuracy on the held-in test images, the held-out corner, every slice of the off-condition images, and on
+    ``unseen``: contours drawn by another generator (``contour_styles``: other primitives, paper backgrounds)."""
     from visionloop.models.bundle import ServableModel
     from visionloop.training.datamodule import load_images
     from visionloop.training.evaluate import evaluate_model
@@ -152,12 +154,14 @@ def score(model, settings: Settings, test: pd.DataFrame, classes: list[str]) -> 
                              classes, model.architecture)
     evaluation = evaluate_model(servable, load_images(test["abs_path"].tolist()), test["label"].tolist())
     correct = evaluation.y_pred == evaluation.y_true
+    other = evaluate_model(servable, load_images(unseen["abs_path"].tolist()), unseen["label"].tolist())
     held_in = matches(test, TRAIN_CONDITIONS)
     row = {"held-in": correct[held_in].mean(), "held-out corner": correct[matches(test, HELD_OUT)].mean(),
            "off-condition": correct[~held_in].mean()}
     for column, values in SLICES.items():
         for value in values:
             row[f"{column}={value}"] = correct[~held_in & (test[column].to_numpy() == value)].mean()
+    row["unseen styles"] = float(np.mean(other.y_pred == other.y_true))
     return row
 
 
@@ -171,11 +175,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contours", type=int, default=6000)
     parser.add_argument("--shapes", type=int, default=3000)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--unseen", type=int, default=600, help="contours drawn by benchmarks/contour_styles.py")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 if oversubscribed)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.sizes, args.steps, args.pretrain_steps, args.contours, args.shapes = [4, 8], 4, 6, 160, 48
+        args.unseen = 12
         args.image_size = 32
     apply_offline_environment()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -199,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         if max(args.sizes) > len(pool):
             sys.exit(f"only {len(pool)} training-condition images for N={max(args.sizes)}: raise --contours")
         classes = sorted(contours["label"].unique())
+        styled = write_styled_contours(workdir / "styled", args.unseen, seed=1)
+        unseen = pd.read_csv(styled, dtype=str)
+        unseen = unseen.assign(abs_path=[str(styled.parent / p) for p in unseen["path"]])
         for backbone in args.backbones:
             settings = base_settings(pool, workdir, args.image_size, backbone)
             base = pretrain(settings, shapes, args.pretrain_steps, 0, workdir / "weights" / backbone.replace(":", "_"))
@@ -211,9 +220,10 @@ def main(argv: list[str] | None = None) -> None:
                         model, seconds = fit(settings, train_rows, classes, None if route == "scratch" else base,
                                              strategy, args.steps, seed)
                         rows.append({"backbone": backbone, "route": route, "N": size, "seed": seed,
-                                     "fit s": seconds, **score(model, settings, test, classes)})
+                                     "fit s": seconds, **score(model, settings, test, classes, unseen)})
                         print(f"{backbone} {route} N={size} seed {seed}: held-out corner "
-                              f"{rows[-1]['held-out corner']:.3f} ({seconds:.0f} s)", flush=True)
+                              f"{rows[-1]['held-out corner']:.3f}, unseen styles {rows[-1]['unseen styles']:.3f} "
+                              f"({seconds:.0f} s)", flush=True)
     table = pd.DataFrame(rows).groupby(["backbone", "route", "N"], sort=False).mean(numeric_only=True)
     table = table.drop(columns="seed").reset_index()
     print(f"\n{len(test)} test images ({int(matches(test, HELD_OUT).sum())} in the held-out corner "

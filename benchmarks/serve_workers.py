@@ -12,6 +12,11 @@ single-image multipart bodies; the server CPU per request counts the whole proce
 workers, their prediction-log writers). Cells alternate between the two servers within each round; the
 best round per cell is reported. With N workers the kernel spreads the clients' connections over the N
 processes accepting on the one socket.
+
+The load generator shares the cores with the servers, so each cell also reports its CPU per request and the
+*ceiling*: the req/s the cores left by other processes could serve at that server + client CPU per request,
+``(cores - others' cores) / (server ms + client ms)``. A worker count running near its ceiling is bound by the
+machine (and by the load generator's share of it), not by how many processes serve.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py
+from machine import describe, usable_cores  # benchmarks/machine.py
 from serving import BIN, BOUNDARY, HOST, ROOT, Servers, Target, free_port, measure, multipart_body, server_environment
 
 WORKERS = (1, 2)
@@ -68,6 +73,7 @@ async def grid(targets: dict[int, Target], args: argparse.Namespace) -> list[dic
                 cells.append({"workers": workers, **asdict(cell)})
                 print(f"  round {round_} --workers {workers} {clients:>3} clients: {cell.rps:8.1f} req/s  "
                       f"p50 {cell.p50_ms:6.1f} ms  p99 {cell.p99_ms:6.1f} ms  server {cell.server_cpu_ms:.2f} ms/req  "
+                      f"client {cell.client_cpu_ms:.2f} ms/req  "
                       f"others {cell.others_cores:.2f} cores  load {cell.load1:.2f}  errors {cell.errors}", flush=True)
     return cells
 
@@ -94,21 +100,29 @@ def main(argv: list[str] | None = None) -> int:
         servers.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n`visionloop serve --workers N`, best of {args.rounds} rounds — {describe(with_load=True)}")
-    print("| clients | workers | req/s | p50 ms | p99 ms | server CPU ms/req | others' cores |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| clients | workers | req/s | p50 ms | p99 ms | server CPU ms/req | client CPU ms/req | others' cores "
+          "| ceiling req/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     best = {}
     for clients in args.clients:
         for workers in WORKERS:
             c = max((x for x in cells if x["workers"] == workers and x["clients"] == clients), key=lambda x: x["rps"])
             best[clients, workers] = c
             print(f"| {clients} | {workers} | {c['rps']:.0f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | "
-                  f"{c['server_cpu_ms']:.2f} | {c['others_cores']:.2f} |")
+                  f"{c['server_cpu_ms']:.2f} | {c['client_cpu_ms']:.2f} | {c['others_cores']:.2f} | "
+                  f"{ceiling(c):.0f} |")
     for clients in args.clients:
         ratio = best[clients, 2]["rps"] / best[clients, 1]["rps"] if best[clients, 1]["rps"] else float("nan")
         print(f"{clients} clients: --workers 2 / --workers 1 = {ratio:.2f}× (goal ≥ 1.3 at 32)")
     if args.json:
         args.json.write_text(json.dumps({"machine": describe(with_load=True), "cells": cells}, indent=2))
     return 0
+
+
+def ceiling(cell: dict) -> float:
+    """The req/s the cores other processes left could serve at this cell's server + client CPU per request."""
+    per_request_s = (cell["server_cpu_ms"] + cell["client_cpu_ms"]) / 1000
+    return max(0.0, usable_cores() - cell["others_cores"]) / per_request_s if per_request_s else float("nan")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,17 @@ Run on demand (not part of the tests)::
 
     .venv/bin/python benchmarks/serving.py                       # 10 s per cell, 1 / 8 / 32 clients
     .venv/bin/python benchmarks/serving.py --duration 8 --clients 1 8 32 --rounds 2
+    .venv/bin/python benchmarks/serving.py --shadow 1.0 --clients 32 --rounds 3   # visionloop vs + shadow
 
 Three servers on free loopback ports, each a subprocess (uvicorn, 1 worker, access log on as each ships):
 
 * ``bare``       — a FastAPI endpoint that parses the same multipart upload and returns a constant:
                    the floor of FastAPI + uvicorn + python-multipart on this machine;
 * ``visionloop`` — ``visionloop serve --model-uri <bundle dir>`` (prediction log in a temporary state dir);
+* ``shadow``     — with ``--shadow SHARE`` (instead of ``bare`` and ``mlflow``): the visionloop server with a
+                   challenger (the same bundle as version "2", through ``create_app``'s challenger source, as
+                   the registry's ``challenger`` alias would give it) shadow-scoring SHARE of the requests;
+                   the ratio to ``visionloop`` at the top client count is the cost of shadow scoring;
 * ``mlflow``     — ``mlflow models serve -m models:/NAME/1 --env-manager local``, the same weights logged
                    as the pt2 pytorch flavor (batch-2 input example) into a throwaway MLflow store.
                    It gets the image already decoded and preprocessed to the 1×C×H×W float tensor its
@@ -61,6 +66,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVERS = ("bare", "visionloop", "mlflow")
 GOAL_BARE = 0.60
 GOAL_MLFLOW = 3.0
+GOAL_SHADOW = 0.85  # shadow scoring at 100 % may cost the champion's answers at most 15 % of the throughput
 
 
 # --- the servers' side (hidden sub-commands run as subprocesses) -------------------------------------
@@ -83,6 +89,28 @@ def serve_bare(port: int) -> None:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    uvicorn.run(app, host=HOST, port=port, log_level="info")
+
+
+def serve_shadow(port: int, bundle: Path, share: float) -> None:
+    """``visionloop serve``'s single-worker app over ``bundle`` as champion "1", with the same bundle as challenger
+    "2" shadow-scoring ``share`` of the requests."""
+    import logging
+
+    import uvicorn
+
+    from visionloop.config import Settings
+    from visionloop.serving.app import create_app
+    from visionloop.serving.sources import LocalBundleSource
+    from visionloop.store.database import upgrade_embedded
+
+    settings = Settings.load(ROOT).with_overrides({"serving": {"host": HOST, "port": port,
+                                                               "shadow": {"share": share}}})
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    upgrade_embedded(settings.db_url)
+    champion = LocalBundleSource(bundle, name=settings.model_name, version="1", settings=settings)
+    challenger = LocalBundleSource(bundle, name=settings.model_name, version="2", settings=settings)
+    app = create_app(settings, champion, challenger=challenger)
     uvicorn.run(app, host=HOST, port=port, log_level="info")
 
 
@@ -186,6 +214,8 @@ class Cell:
     load1: float = 0.0
     mean_batch: float | None = None  # visionloop: images per forward pass
     log_backlog: int | None = None  # visionloop: predictions queued for the log at the end of the window
+    shadow_scored: int | None = None  # shadow: images the challenger scored for the window's requests
+    shadow_skipped: int | None = None  # shadow: sampled requests skipped (the shadow queue was full)
     error_samples: list[str] = field(default_factory=list)
 
 
@@ -289,11 +319,11 @@ async def _visionloop_health(target: Target) -> dict[str, Any]:
 
 
 async def _drain_log(target: Target, timeout: float = 120.0) -> dict[str, Any]:
-    """Wait until the visionloop server has written every queued prediction (its writer would steal CPU
-    from the next cell); returns the last /health."""
+    """Wait until the visionloop server has written every queued prediction and shadow-scored every queued
+    request (that work would steal CPU from the next cell); returns the last /health."""
     deadline = time.monotonic() + timeout
     health = await _visionloop_health(target)
-    while health["log"]["queued"] > 0 and time.monotonic() < deadline:
+    while (health["log"]["queued"] > 0 or health["shadow"]["queued"] > 0) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
         health = await _visionloop_health(target)
     return health
@@ -304,7 +334,7 @@ async def measure(
 ) -> Cell:
     """One cell: ``clients`` concurrent clients, ``warmup`` s unrecorded, then ``duration`` s recorded."""
     cell = Cell(target.name, clients, round_)
-    before_health = await _drain_log(target) if target.name == "visionloop" else None
+    before_health = await _drain_log(target) if target.name in ("visionloop", "shadow") else None
     window = Window()
     ready = asyncio.Event()
     tasks = [asyncio.create_task(CLIENTS[client](target, window, ready)) for _ in range(clients)]
@@ -334,6 +364,9 @@ async def measure(
         server_cpu += tree_cpu_seconds(target.pid) - server1  # the log writer's backlog is this window's work
         batches = drained["batches"] - before_health["batches"]
         cell.mean_batch = (drained["images"] - before_health["images"]) / batches if batches else None
+        if target.name == "shadow":
+            cell.shadow_scored = drained["shadow"]["scored"] - before_health["shadow"]["scored"]
+            cell.shadow_skipped = drained["shadow"]["skipped"] - before_health["shadow"]["skipped"]
     if n:
         ordered = sorted(window.latencies)
         cell.p50_ms = 1000 * statistics.median(ordered)
@@ -438,31 +471,42 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def start_servers(servers: Servers, bundle: Path, workdir: Path, sample: Path) -> dict[str, Target]:
-    """Register the model, start the three servers together, check that they answer alike."""
+def server_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The servers measured: bare, visionloop, mlflow; with ``--shadow``, visionloop and visionloop + shadow."""
+    return ("visionloop", "shadow") if args.shadow is not None else SERVERS
+
+
+def start_servers(servers: Servers, bundle: Path, workdir: Path, sample: Path, names: tuple[str, ...],
+                  share: float | None) -> dict[str, Target]:
+    """Register the model (for mlflow), start the servers together, check that they answer alike."""
     import httpx
 
     env = server_environment(workdir)
     store = workdir / "mlflow"
     store.mkdir()
-    print("logging the bundle's network to a throwaway MLflow store ...", flush=True)
-    started = time.monotonic()
-    register = ["_register", "--bundle", str(bundle), "--store", str(store), "--sample", str(sample)]
-    subprocess.run([sys.executable, __file__, *register], env=env, cwd=ROOT, check=True)
-    expected = json.loads((store / "expected.json").read_text())
-    print(f"  registered {MODEL_NAME} v{expected['version']} in {time.monotonic() - started:.1f} s", flush=True)
+    expected = {"version": "1", "label": None}
+    if "mlflow" in names:
+        print("logging the bundle's network to a throwaway MLflow store ...", flush=True)
+        started = time.monotonic()
+        register = ["_register", "--bundle", str(bundle), "--store", str(store), "--sample", str(sample)]
+        subprocess.run([sys.executable, __file__, *register], env=env, cwd=ROOT, check=True)
+        expected = json.loads((store / "expected.json").read_text())
+        print(f"  registered {MODEL_NAME} v{expected['version']} in {time.monotonic() - started:.1f} s", flush=True)
 
-    ports = {name: free_port() for name in SERVERS}
+    ports = {name: free_port() for name in names}
     commands = {
-        "bare": [sys.executable, __file__, "_bare", "--port", str(ports["bare"])],
+        "bare": [sys.executable, __file__, "_bare", "--port", str(ports.get("bare"))],
         "visionloop": [str(BIN / "visionloop"), "serve", "--model-uri", str(bundle), "--host", HOST,
-                       "--port", str(ports["visionloop"])],
+                       "--port", str(ports.get("visionloop"))],
+        "shadow": [sys.executable, __file__, "_shadow", "--port", str(ports.get("shadow")), "--bundle", str(bundle),
+                   "--share", str(share)],
         "mlflow": [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/{expected['version']}",
-                   "--env-manager", "local", "--host", HOST, "-p", str(ports["mlflow"]), "--workers", "1"],
+                   "--env-manager", "local", "--host", HOST, "-p", str(ports.get("mlflow")), "--workers", "1"],
     }
-    procs = {name: servers.start(name, commands[name], env) for name in SERVERS}
-    ready_urls = {"bare": "/health", "visionloop": "/ready", "mlflow": "/ping"}
-    for name in SERVERS:
+    shadow_env = {**env, "VISIONLOOP_STATE_DIR": str(workdir / "shadow-state")}  # its own log, images, spool
+    procs = {name: servers.start(name, commands[name], shadow_env if name == "shadow" else env) for name in names}
+    ready_urls = {"bare": "/health", "visionloop": "/ready", "shadow": "/ready", "mlflow": "/ping"}
+    for name in names:
         seconds = servers.wait_ready(name, f"http://{HOST}:{ports[name]}{ready_urls[name]}")
         print(f"  {name:<10} ready on {HOST}:{ports[name]} ({seconds:.1f} s after start)", flush=True)
 
@@ -470,8 +514,12 @@ def start_servers(servers: Servers, bundle: Path, workdir: Path, sample: Path) -
     multipart = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     targets = {
         name: Target(name, f"http://{HOST}:{ports[name]}/predict", upload, multipart, procs[name].pid)
-        for name in ("bare", "visionloop")
+        for name in names if name != "mlflow"
     }
+    if "shadow" in names:
+        wait_for_challenger(f"http://{HOST}:{ports['shadow']}/health")
+    if "mlflow" not in names:
+        return targets
     targets["mlflow"] = Target(
         "mlflow", f"http://{HOST}:{ports['mlflow']}/invocations", (store / "invocations.json").read_bytes(),
         {"content-type": "application/json"}, procs["mlflow"].pid,
@@ -491,6 +539,19 @@ def start_servers(servers: Servers, bundle: Path, workdir: Path, sample: Path) -
     return targets
 
 
+def wait_for_challenger(health_url: str, timeout: float = 60.0) -> None:
+    """Until the shadow server has its challenger loaded (it is followed like the champion, a poll later)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(health_url, timeout=5.0).json()["shadow"]["challenger_version"] == "2":
+            print("  shadow     challenger v2 loaded", flush=True)
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"the shadow server loaded no challenger within {timeout:.0f} s")
+
+
 # --- report ---------------------------------------------------------------------------------------------
 
 
@@ -506,6 +567,7 @@ def best_cells(cells: list[Cell]) -> dict[tuple[str, int], Cell]:
 
 def report(cells: list[Cell], info: dict[str, Any], args: argparse.Namespace) -> str:
     best = best_cells(cells)
+    names = server_names(args)
     lines = [
         f"Machine: {info['nproc']} cores ({info['cpu_model']}), Python {info['python']}; load generator: "
         f"{args.client}; "
@@ -519,7 +581,7 @@ def report(cells: list[Cell], info: dict[str, Any], args: argparse.Namespace) ->
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for clients in args.clients:
-        for name in SERVERS:
+        for name in names:
             cell = best.get((name, clients))
             if cell is None:
                 continue
@@ -530,14 +592,25 @@ def report(cells: list[Cell], info: dict[str, Any], args: argparse.Namespace) ->
                     note += f", log backlog {cell.log_backlog} at end"
             if name == "mlflow":
                 note = "pre-decoded tensor (JSON)"
+            if cell.shadow_scored is not None:
+                note += f", challenger scored {cell.shadow_scored} images, skipped {cell.shadow_skipped} requests"
             lines.append(
                 f"| {name} | {clients} | {cell.rps:,.0f} | {cell.p50_ms:.1f} | {cell.p99_ms:.1f} "
                 f"| {cell.server_cpu_ms:.2f} | {cell.client_cpu_ms:.2f} | {cell.others_cores:.2f} "
                 f"| {cell.load1:.2f} | {cell.errors} | {note} |"
             )
     top = max(args.clients)
-    bare, vl, ml = (best.get((name, top)) for name in SERVERS)
+    bare, vl, ml, shadow = (best.get((name, top)) for name in (*SERVERS, "shadow"))
     lines.append("")
+    if vl and shadow and vl.rps and vl.server_cpu_ms:
+        ratio = shadow.rps / vl.rps
+        lines += [
+            f"Shadow scoring at share {args.shadow:g}, {top} clients (same run):",
+            f"- visionloop + shadow / visionloop = {ratio:.2f} of the throughput (goal >= {GOAL_SHADOW:.2f}: "
+            f"{'met' if ratio >= GOAL_SHADOW else 'MISSED'}); server CPU per request {shadow.server_cpu_ms:.2f} vs "
+            f"{vl.server_cpu_ms:.2f} ms (+{shadow.server_cpu_ms - vl.server_cpu_ms:.2f} ms: the challenger's forward, "
+            "its log rows and the shadow queue's work for the window's requests)",
+        ]
     if vl and bare and ml and bare.rps and ml.rps and vl.server_cpu_ms:
         vs_bare, vs_ml = vl.rps / bare.rps, vl.rps / ml.rps
         lines += [
@@ -570,13 +643,13 @@ def report(cells: list[Cell], info: dict[str, Any], args: argparse.Namespace) ->
 async def run_grid(targets: dict[str, Target], args: argparse.Namespace) -> list[Cell]:
     _MAIN_TASK[:] = [asyncio.current_task()]
     if args.server_warmup > 0:  # mlflow's first few hundred requests cost 3-25x the CPU of later ones
-        for name in SERVERS:
+        for name in server_names(args):
             cell = await measure(targets[name], 8, 0.0, args.server_warmup, 0, args.client)
             print(f"  warm-up {name:<10} {cell.requests} requests in {cell.seconds:.0f} s (not reported)", flush=True)
     cells = []
     for round_ in range(1, args.rounds + 1):
         for clients in args.clients:
-            for name in SERVERS:
+            for name in server_names(args):
                 cell = await measure(targets[name], clients, args.warmup, args.duration, round_, args.client)
                 cells.append(cell)
                 print(
@@ -604,6 +677,11 @@ def main(argv: list[str] | None = None) -> int:
         "--client", choices=sorted(CLIENTS), default="raw",
         help="load generator: raw (HTTP/1.1 on asyncio streams, ~0.06 ms CPU/request) or httpx (~0.8 ms)",
     )
+    parser.add_argument(
+        "--shadow", type=float, metavar="SHARE",
+        help="measure visionloop against visionloop with a challenger shadow-scoring SHARE (0-1) of the requests "
+        "(instead of bare and mlflow)",
+    )
     args = parser.parse_args(argv)
     bundle = args.bundle.resolve()
     samples = sorted((bundle / "bundle" / "test_set").glob("*.png"))
@@ -616,8 +694,9 @@ def main(argv: list[str] | None = None) -> int:
     servers = Servers(workdir)
     try:
         with sigterm_as_interrupt():
-            targets = start_servers(servers, bundle, workdir, samples[0])
-            print(f"measuring {len(args.clients) * len(SERVERS) * args.rounds} cells ...", flush=True)
+            names = server_names(args)
+            targets = start_servers(servers, bundle, workdir, samples[0], names, args.shadow)
+            print(f"measuring {len(args.clients) * len(names) * args.rounds} cells ...", flush=True)
             cells = asyncio.run(run_grid(targets, args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; stopping the servers", file=sys.stderr)
@@ -635,14 +714,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def hidden(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["_bare", "_register"])
+    parser.add_argument("mode", choices=["_bare", "_register", "_shadow"])
     parser.add_argument("--port", type=int)
     parser.add_argument("--bundle", type=Path)
     parser.add_argument("--store", type=Path)
     parser.add_argument("--sample", type=Path)
+    parser.add_argument("--share", type=float)
     args = parser.parse_args(argv)
     if args.mode == "_bare":
         serve_bare(args.port)
+    elif args.mode == "_shadow":
+        serve_shadow(args.port, args.bundle, args.share)
     else:
         register_model(args.bundle, args.store, args.sample)
 

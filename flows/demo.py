@@ -6,8 +6,10 @@ channels, so nothing below assumes digits.
 
 import & version data → train v1 → register & promote → serve → clean traffic → drifted traffic with
 delayed feedback labels → `monitor` finds drift → the alert's automation starts `retrain` → v2 is
-fine-tuned from v1 on the new labels, passes the gate, is promoted → serving hot-swaps to v2 and the
-accuracy on held-out drifted traffic recovers. A table of what happened ends it.
+fine-tuned from v1 on the new labels; the gate defers it until it has shadow predictions, so the held-out
+drifted traffic is served again with v2 scoring it in the shadow (its shadow report is shown) → the promote flow
+judges it, it is promoted → serving hot-swaps to v2 and the accuracy on held-out drifted traffic recovers. A table
+of what happened (with v2's shadow agreement) ends it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,42 @@ def wait_for_version(client, version: str, timeout: float = 120) -> None:
             return
         time.sleep(1)
     raise TimeoutError(f"serving did not switch to v{version} within {timeout:.0f} s")
+
+
+def shadow_score(client, settings: Settings, champion: str, challenger: str, images: list[np.ndarray],
+                 log: Timeline, timeout: float = 120) -> float | None:
+    """The gate deferred ``challenger`` until it has shadow predictions (``registry.gate.shadow``): send the held-out
+    drifted traffic again while the server's challenger scores it in the shadow, show the shadow report, and run
+    the ``promote`` deployment, which now judges. Returns the challenger's agreement with the champion."""
+    from prefect.deployments import run_deployment
+
+    from visionloop.models.registry import model_version
+    from visionloop.promotion.shadow import challenger_facts, shadow_count, shadow_report
+
+    log(f"the gate deferred v{challenger}: it waits for shadow predictions on live traffic")
+    deadline = time.monotonic() + timeout
+    while client.get("/health").json()["shadow"]["challenger_version"] != challenger:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"serving did not load the challenger v{challenger} within {timeout:.0f} s")
+        time.sleep(1)
+    predict_all(client, images)  # answered by v{champion}; v{challenger} predicts the same images in the shadow
+    expected, deadline = int(len(images) * settings.params.serving.shadow.share), time.monotonic() + 60
+    while shadow_count(settings, champion, challenger) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    report = shadow_report(settings, champion, challenger, **challenger_facts(settings, model_version(settings,
+                                                                                                   challenger)))
+    log(f"shadow report (`visionloop shadow report`), the held-out drifted traffic again: {report.summary()}")
+    for line in report.text().splitlines()[2:]:
+        log.echo(f"    {line}")
+    from visionloop.models.registry import alias_version
+
+    if alias_version(settings) == challenger:  # the scheduled monitor run re-gated it first (`monitoring.cron`)
+        log(f"the scheduled monitor run gated v{challenger} again with its shadow predictions already")
+    else:
+        run = run_deployment("promote/promote", timeout=300, parameters={
+            "project_dir": str(settings.root), "candidate_version": challenger, "trigger": "demo:shadow-scored"})
+        log(f"promote run {run.name} (the gate again, with v{challenger}'s shadow predictions): {run.state.name}")
+    return report.agreement
 
 
 def wait_for_automated_retrain(since, timeout: float = 600):
@@ -163,7 +201,7 @@ def run_demo(settings: Settings | None = None, keep: bool = False, echo: Callabl
         log(f"drifted traffic ({DRIFT[0]}, severity {DRIFT[1]}): {len(drifted)} requests, feedback for "
             f"{int(with_feedback.sum())}; v{v1} accuracy on the held-out {len(held_out)}: {v1_drift:.3f}")
         rows.append({"version": v1, "clean": v1_clean, "drifted": v1_drift, "how": "training flow (demo)",
-                     "serving_since": serving_since})
+                     "serving_since": serving_since, "agreement": None})
 
         since = datetime.now(UTC)
         monitor_run = run_deployment("monitor/monitor", parameters={"project_dir": str(settings.root)}, timeout=300)
@@ -172,6 +210,9 @@ def run_demo(settings: Settings | None = None, keep: bool = False, echo: Callabl
         log(f"retrain run {retrain_run.name} (created by the drift automation): {retrain_run.state.name}")
         from visionloop.models.registry import alias_version
 
+        agreement, challenger = None, alias_version(settings, "challenger")
+        if alias_version(settings) == v1 and challenger not in (None, v1):  # the gate waits for shadow predictions
+            agreement = shadow_score(client, settings, v1, challenger, held_out, log)
         champion = alias_version(settings)
         if champion == v1:
             log("the gate refused the challenger; v1 stays champion (see `visionloop registry history`)")
@@ -182,8 +223,15 @@ def run_demo(settings: Settings | None = None, keep: bool = False, echo: Callabl
         v2_drift = accuracy(predict_all(client, held_out), held_out_labels)
         v2_clean = accuracy(predict_all(client, clean_images), clean_labels)
         log(f"the same traffic again: v{champion} accuracy clean {v2_clean:.3f}, held-out drifted {v2_drift:.3f}")
+        from visionloop.promotion.diff_gallery import galleries
+
+        gallery = next((g for _, g in galleries(settings) if g.model_b.endswith(f" v{champion}")), None)
+        if gallery is not None:  # written by the gate decision that promoted it
+            log(f"what v{champion} changed: {gallery.n_flipped} of {gallery.n_images} gate-set images flip "
+                f"({gallery.fixed} fixed, {gallery.broken} broke a known label); gallery {gallery.folder}/diff.html")
         rows.append({"version": champion, "clean": v2_clean, "drifted": v2_drift, "serving_since": serving_since,
-                     "how": f"drift alert → automation → retrain ({retrain_run.name})"})
+                     "how": f"drift alert → automation → retrain ({retrain_run.name})",
+                     "agreement": agreement})  # with v1, on the held-out drifted traffic, before its promotion
         return rows
     finally:
         print_summary(rows, log, urls, settings, kept=keep)
@@ -195,11 +243,13 @@ def run_demo(settings: Settings | None = None, keep: bool = False, echo: Callabl
 
 def print_summary(rows: list[dict], log: Timeline, urls: StackUrls, settings: Settings, *, kept: bool) -> None:
     echo = log.echo
-    echo("\n version | serving from | accuracy clean | accuracy drifted (held out) | how it got there")
-    echo(" ------- | ------------ | -------------- | --------------------------- | ----------------")
+    echo("\n version | serving from | accuracy clean | accuracy drifted (held out) | shadow agreement "
+         "| how it got there")
+    echo(" ------- | ------------ | -------------- | --------------------------- | ---------------- | ----------------")
     for row in rows:
+        agreement = "-" if row.get("agreement") is None else f"{row['agreement']:.3f}"
         echo(f" v{row['version']:<6} | {row['serving_since']:10.0f} s | {row['clean']:14.3f} | "
-             f"{row['drifted']:27.3f} | {row['how']}")
+             f"{row['drifted']:27.3f} | {agreement:>16} | {row['how']}")
     echo(f"\nTook {time.monotonic() - log.start:.0f} s.")
     for line in stack_addresses(urls, settings, kept=kept):
         echo(line)

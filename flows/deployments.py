@@ -3,7 +3,7 @@
 `python -m flows.deployments` (the embedded `visionloop up`) serves them from this process;
 `python -m flows.deployments --work-pool NAME` (the team profile) creates the process work pool if
 missing, deploys each from source (this code's folder, read by the pool's workers) and exits; a
-`prefect worker start --pool NAME` then runs them. training and promote run on demand; batch_inference
+`prefect worker start --pool NAME` then runs them. training, promote and canary run on demand; batch_inference
 and monitor on their cron schedules from params.yaml; retrain is started by the drift alert (a
 deployment trigger on the event), at most one at a time.
 """
@@ -20,6 +20,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
 from flows.batch_inference import batch_inference
+from flows.canary import canary
 from flows.monitor import monitor
 from flows.promote import promote
 from flows.retrain import retrain
@@ -65,6 +66,11 @@ def deployment_specs(settings: Settings) -> list[tuple[Flow, dict[str, Any]]]:
             name="promote", tags=model_tags, parameters={"project_dir": project},
             description=f"On demand (and as a subflow of every retrain): the champion/challenger gate of {name} on "
                         "the frozen gate set; the challenger becomes champion only on a clear, safe win.",
+        )),
+        (canary, dict(
+            name="canary", tags=model_tags, parameters={"project_dir": project}, concurrency_limit=1,
+            description=f"On demand: the gate on {name}'s challenger, then a canary — it answers `percent` % of "
+                        "/predict, watched (promotion.canary), then promoted or rolled back by itself.",
         )),
         (batch_inference, dict(
             name="batch_inference", tags=model_tags, cron=settings.params.schedules.batch_inference_cron,

@@ -1,4 +1,5 @@
-"""The monitor flow: champion → anything new? → prediction window → drift check → performance on labels → alert →
+"""The monitor flow: a challenger deferred for shadow predictions that now has them is gated again → champion →
+anything new? → prediction window → drift check → performance on labels → alert →
 report → labeling queue → the check recorded. A run that finds nothing new since the last check says so, nothing
 else."""
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from prefect import flow, tags
 
+from flows.promote import promote
 from flows.story import retitle, tell_monitor
 from tasks.alerts import raise_drift_alert
 from tasks.monitor import (
@@ -17,6 +19,7 @@ from tasks.monitor import (
     check_performance,
     find_champion,
     find_news,
+    find_pending_challenger,
     load_model,
     log_report,
     queue_for_labeling,
@@ -37,13 +40,18 @@ def monitor(
     window: int | None = None,
     since_minutes: float | None = None,
     alert: bool = True,
+    stream_id: str | None = None,
 ) -> dict[str, Any]:
-    """Watch the champion: its latest traffic (``window`` predictions, or those of the last ``since_minutes``)
-    against its reference profile, its labeled traffic against its training-time accuracy; on drift or
-    degradation raise the alert that may start a retrain."""
+    """Watch the champion: its latest traffic (``window`` predictions, or those of the last ``since_minutes``;
+    with ``stream_id`` only that video stream's frames) against its reference profile, its labeled traffic
+    against its training-time accuracy; on drift or degradation raise the alert that may start a retrain."""
     settings = Settings.load(project_dir)
     since = datetime.now(UTC) - timedelta(minutes=since_minutes) if since_minutes is not None else None
     name = settings.model_name
+    pending = find_pending_challenger(settings, return_state=True)  # deferred for shadow predictions, now logged
+    if pending.is_completed() and pending.result() is not None:  # a failure here never costs the check below
+        promote(candidate_version=pending.result(), trigger="flow:monitor (shadow-scored)",
+                project_dir=str(settings.root), return_state=True)
     version = find_champion(settings)
     if version is None:
         print(f"nothing to monitor: {name} has no champion yet")
@@ -52,15 +60,15 @@ def monitor(
                 "labeling": None}
     with tags(f"model:{name}", f"version:{version}"):
         champion = load_model(settings, version_uri(name, version))
-        mark, stale = find_news(settings, champion)
+        mark, stale = find_news(settings, champion, stream_id)
         if stale:
-            result = stale_result(champion, mark)
+            result = stale_result(champion, mark, stream_id)
             print(result.message)
             tell_monitor(settings, result, None)
             return {**result.to_dict(), "alert_raised": False, "alert_action": None, "alert_id": None,
                     "labeling": None}
-        frame = read_window(settings, champion, window, since)
-        result = check_drift(settings, champion, frame)
+        frame = read_window(settings, champion, window, since, stream_id)
+        result = check_drift(settings, champion, frame, stream_id)
         print(result.message)
         if result.verdict is not None:
             result.out_dir = new_output_dir(settings)

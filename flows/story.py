@@ -20,12 +20,11 @@ from prefect.runtime import flow_run
 
 from visionloop.config import Settings
 from visionloop.contracts import PromotionRecord
-from visionloop.healing.alerts import AlertDecision
 from visionloop.models.tracking import model_version_link, run_link
-from visionloop.promotion.audit import decision_run_id, version_label
 
-if TYPE_CHECKING:  # a type only: importing monitoring (Evidently, ~9 s) would cost every Dask worker that
+if TYPE_CHECKING:  # types only: importing monitoring (Evidently, ~9 s) would cost every Dask worker that
     # unpickles the batch_inference flow (flows.batch_inference imports this module)
+    from visionloop.healing.alerts import AlertDecision
     from visionloop.monitoring.monitor import MonitorResult
 
 COMPARED_METRICS = ("accuracy", "macro_f1", "roc_auc_ovr", "ece", "n")
@@ -114,6 +113,9 @@ def tell_monitor(settings: Settings, result: MonitorResult, decision: AlertDecis
 
 def before_after(record: PromotionRecord) -> list[dict[str, Any]]:
     """Champion and challenger on the gate set, metric by metric (the table `make demo` prints)."""
+    # promotion.audit imports Lightning (via the gate): here, not at module level, for the same Dask workers
+    from visionloop.promotion.audit import version_label
+
     before, after = record.metrics.get("champion", {}), record.metrics.get("challenger", {})
     rows = []
     for metric in COMPARED_METRICS:
@@ -130,6 +132,8 @@ def before_after(record: PromotionRecord) -> list[dict[str, Any]]:
 def tell_promotion(settings: Settings, record: PromotionRecord, title: str, training_run_id: str | None = None,
                    facts: Iterable[str] = ()) -> str:
     """Name, decision tag and artifacts of a run that ended in a gate decision (retrain, promote)."""
+    from visionloop.promotion.audit import decision_run_id, version_label
+
     retitle(title, [f"decision:{record.decision}"])
     key = artifact_key(title.split(" ")[0], record.model_name)
     create_table_artifact(before_after(record), key=artifact_key(key, "before-after"),
@@ -147,6 +151,8 @@ def tell_promotion(settings: Settings, record: PromotionRecord, title: str, trai
 
 def retrain_title(record: PromotionRecord) -> str:
     """``retrain v1→v2: promoted``."""
+    from visionloop.promotion.audit import version_label
+
     return (f"retrain {version_label(record.from_version)}→{version_label(record.candidate_version)}: "
             f"{record.decision}")
 

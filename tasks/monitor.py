@@ -20,12 +20,19 @@ from visionloop.monitoring.evidently_report import Snapshot
 from visionloop.monitoring.monitor import MonitorResult
 from visionloop.monitoring.monitored import MonitoredModel
 from visionloop.monitoring.performance import PerformanceResult
+from visionloop.promotion import shadow
 
 
 @task(name="find champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def find_champion(settings: Settings) -> str | None:
     """The version the champion alias points to (None: no champion yet)."""
     return registry.alias_version(settings)
+
+
+@task(name="find a deferred challenger", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def find_pending_challenger(settings: Settings) -> str | None:
+    """A challenger the gate deferred that now has its shadow predictions (``promotion.shadow``), else None."""
+    return shadow.pending_challenger(settings)
 
 
 @task(name="load model and reference profile", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -35,30 +42,36 @@ def load_model(settings: Settings, model_uri: str) -> MonitoredModel:
 
 
 @task(name="look for new predictions", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def find_news(settings: Settings, watched: MonitoredModel) -> tuple[checks.Watermark, bool]:
-    """The log's watermark for the watched version, and whether its last check already judged it."""
-    return checks.nothing_new(settings.db_url, watched.name, watched.version)
+def find_news(
+    settings: Settings, watched: MonitoredModel, stream_id: str | None = None
+) -> tuple[checks.Watermark, bool]:
+    """The log's watermark for the watched version (one stream's rows, when given), and whether its last check
+    already judged it."""
+    return checks.nothing_new(settings.db_url, watched.name, watched.version, stream_id)
 
 
 @task(name="record the check", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def record_check(settings: Settings, result: MonitorResult, mark: checks.Watermark) -> None:
     """What this check judged, so the next one with nothing new does nothing."""
     checks.record_check(settings.db_url, result.model_name, result.model_version, mark, result.status,
-                        result.mlflow_run_id)
+                        result.mlflow_run_id, result.stream_id)
 
 
 @task(name="read prediction window", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def read_window(
-    settings: Settings, watched: MonitoredModel, window: int | None, since: datetime | None = None
+    settings: Settings, watched: MonitoredModel, window: int | None, since: datetime | None = None,
+    stream_id: str | None = None,
 ) -> pd.DataFrame:
-    """The latest predictions made by the watched version."""
-    return monitor.read_window(settings, watched, window=window, since=since)
+    """The latest predictions made by the watched version (of one video stream, when given)."""
+    return monitor.read_window(settings, watched, window=window, since=since, stream_id=stream_id)
 
 
 @task(name="check drift", cache_policy=NO_CACHE)
-def check_drift(settings: Settings, watched: MonitoredModel, frame: pd.DataFrame) -> MonitorResult:
+def check_drift(
+    settings: Settings, watched: MonitoredModel, frame: pd.DataFrame, stream_id: str | None = None
+) -> MonitorResult:
     """Bonferroni-corrected per-feature tests against the reference profile (Evidently)."""
-    return monitor.check_window(settings, watched, frame)
+    return monitor.check_window(settings, watched, frame, stream_id)
 
 
 @task(name="save drift report", cache_policy=NO_CACHE)

@@ -14,6 +14,10 @@ who reads it, and its form. A change of form bumps ``SEAM_VERSION``.
                         when ``healing`` allows a retrain (else ``DRIFT_SUPPRESSED_EVENT``); every alert is
                         also a row of the ``alerts`` table (``visionloop.healing.alerts``).
 7. ``PromotionRecord``  written by the gate and rollback; read by ``registry history`` and serving.
+8. ``DiffSummary``      a prediction-diff gallery's ``diff.json``: written by ``promotion.diff_gallery``; read by
+                        the promotion record (``flips``), the review page and whoever lists what a model changed.
+9. ``CanaryState``      a canary in progress: written to the registry by ``promotion.canary``; followed by serving
+                        (``serving.canary``), whose per-process ``CanaryCounters`` the canary's watch reads back.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-SEAM_VERSION = 1
+SEAM_VERSION = 4
 
 # --- 1. data version -------------------------------------------------------------------------
 
@@ -67,6 +71,7 @@ LINEAGE_TAGS = ("git_commit", "data_version", "params_hash", "run_id", "base_mod
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+CANARY = "canary"  # the version answering a share of /predict (``CanaryState``), beside the champion
 
 # --- 4. prediction log -------------------------------------------------------------------------
 
@@ -84,9 +89,11 @@ class PredictionRecord:
     probabilities: dict[str, float]
     features: dict[str, float]  # image statistics + reduced embedding (see visionloop.monitoring.features)
     image_path: str | None  # stored copy of the input, for labeling and retraining
-    source: str = "rest"  # rest | batch | demo
+    source: str = "rest"  # rest | batch | demo | stream
     feedback_label: str | None = None
     feedback_at: datetime | None = None
+    stream_id: str | None = None  # source "stream": which stream the frame came from (visionloop.streaming)
+    frame_ts: float | None = None  # and its time in that stream, seconds
 
 
 # --- 5. drift verdict --------------------------------------------------------------------------
@@ -154,7 +161,11 @@ def model_resource_id(model_name: str) -> str:
 
 # --- 7. promotion record -----------------------------------------------------------------------
 
-Decision = Literal["promoted", "refused", "rollback", "initial", "assigned"]  # assigned: by hand, no gate
+Decision = Literal[
+    "promoted", "refused", "rollback", "initial", "assigned",  # assigned: by hand, no gate
+    "canary", "canary_rollback",  # a canary started (champion unchanged); a canary ended without promoting
+    "deferred",  # the gate waits for the challenger's shadow predictions (registry.gate.shadow); nothing changed
+]
 
 
 @dataclass
@@ -168,6 +179,101 @@ class PromotionRecord:
     trigger: str  # who asked: "cli", "flow:promote", "flow:retrain", "rollback", ...
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # {"champion": {...}, "challenger": {...}}
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    flips: dict[str, int] = field(default_factory=dict)  # the gate's prediction diff: DiffSummary.totals(); {} if none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# --- 8. prediction diff ------------------------------------------------------------------------
+
+
+@dataclass
+class FlipGroup:
+    """The images whose answer went from ``before`` (model A) to ``after`` (model B)."""
+
+    flip: str  # "before→after"
+    before: str
+    after: str
+    count: int
+    fixed: int  # of them, with a known label that B gets right and A got wrong
+    broken: int  # ... that A got right and B gets wrong
+
+
+@dataclass
+class DiffSummary:
+    """What changes between two models on the same images (``diff.json`` of a diff gallery).
+
+    Written by ``visionloop.promotion.diff_gallery`` (every gate decision, ``visionloop diff``, any caller
+    of ``diff_models``); read by the promotion record (``totals``), the review page and the demo.
+    """
+
+    model_a: str  # e.g. "digits-cnn v1": whose answers are ``before``
+    model_b: str
+    title: str  # what compared them, e.g. "promotion v1→v2: refused"
+    n_images: int
+    n_labeled: int  # images with a known true label
+    n_flipped: int  # images whose predicted class differs
+    fixed: int
+    broken: int
+    groups: list[FlipGroup]  # one per flip type, most frequent first
+    folder: str | None = None  # where diff.html / diff.png / diff.json were written
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def totals(self) -> dict[str, int]:
+        return {"images": self.n_images, "flipped": self.n_flipped, "fixed": self.fixed, "broken": self.broken}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffSummary:
+        return cls(**{**data, "groups": [FlipGroup(**group) for group in data["groups"]]})
+
+
+# --- 9. canary ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CanaryState:
+    """A canary in progress: ``version`` answers ``share`` of /predict requests beside ``champion``.
+
+    Kept in the registry (``models.registry.set_canary``: the ``canary`` alias and a tag of the registered
+    model holding this as JSON) so every serving process follows it and any process can watch it.
+    """
+
+    version: str  # the challenger version under canary
+    champion: str  # the champion when it started: rows of this version are the comparison arm
+    share: float  # 0..1 of requests answered by ``version``
+    started_at: str  # UTC, ISO 8601: the window starts here
+    trigger: str  # who started it
+    gated: bool  # the offline gate passed it first (False: started with --no-gate, the canary alone decides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        """Names this canary (its version and start) in file names and sticky draws; unique per canary."""
+        return f"v{self.version}-{int(datetime.fromisoformat(self.started_at).timestamp() * 1000)}"
+
+
+@dataclass
+class ArmCounters:
+    """What one serving process counted for one arm of a canary (``champion`` or ``canary``)."""
+
+    requests: int = 0  # /predict requests answered by this arm
+    failed: int = 0  # canary arm: requests whose challenger forward failed (answered by the champion instead)
+    latency_s: float = 0.0  # sum of server-side answer times, seconds
+
+    def add(self, other: ArmCounters) -> None:
+        self.requests += other.requests
+        self.failed += other.failed
+        self.latency_s += other.latency_s
+
+    @property
+    def mean_latency_s(self) -> float | None:
+        return self.latency_s / self.requests if self.requests else None
+
+
+CanaryCounters = dict[str, ArmCounters]  # arm ("champion" | "canary") → counters

@@ -57,6 +57,7 @@ class ModelParams(Section):
     backbone: str = Field(pattern=r"^(small_cnn|timm:[\w.\-]+)$")
     pretrained: str | None = Field(min_length=1)
     widths: list[int]
+    pooling: Literal["avg", "max"]
     embedding_dim: PositiveInt
     dropout: float = Field(ge=0, lt=1)
 
@@ -105,6 +106,11 @@ class SliceParams(Section):
     min_size: int = Field(ge=1)
 
 
+class GateShadowParams(Section):
+    min_predictions: NonNegativeInt
+    max_disagreement: float = Field(ge=0, le=1)
+
+
 class GateParams(Section):
     metric: str
     margin: float
@@ -112,6 +118,12 @@ class GateParams(Section):
     slice_tolerance: NonNegativeFloat
     slices: SliceParams
     production_window: NonNegativeInt
+    shadow: GateShadowParams
+
+
+class DiffParams(Section):
+    images_per_flip: PositiveInt
+    flip_types: PositiveInt
 
 
 class RegistryParams(Section):
@@ -119,6 +131,35 @@ class RegistryParams(Section):
     min_quality: QualityRule
     gate: GateParams
     lock_timeout_seconds: PositiveFloat
+    diff: DiffParams
+
+
+class CanaryParams(Section):
+    window_seconds: PositiveFloat
+    max_seconds: PositiveFloat
+    min_predictions: PositiveInt
+    check_seconds: PositiveFloat
+    max_error_rate: float = Field(ge=0, le=1)
+    max_latency_ratio: PositiveFloat
+    max_confidence_drop: float = Field(ge=0, le=1)
+    drift_alpha: float = Field(gt=0, lt=1)
+    max_label_shift: float = Field(ge=0, le=1)
+    gallery_images: PositiveInt
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> CanaryParams:
+        if self.max_seconds < self.window_seconds:
+            raise ValueError("max_seconds must be at least window_seconds")
+        return self
+
+
+class PromotionParams(Section):
+    canary: CanaryParams
+
+
+class ShadowParams(Section):
+    share: float = Field(ge=0, le=1)
+    max_queue: PositiveInt
 
 
 class ServingParams(Section):
@@ -141,6 +182,7 @@ class ServingParams(Section):
     torch_threads: PositiveInt
     runtime: Runtime
     worker_timeout: PositiveInt
+    shadow: ShadowParams
 
 
 class BatchParams(Section):
@@ -237,8 +279,10 @@ class StreamParams(Section):
     reconnect_initial_s: PositiveFloat
     reconnect_max_s: PositiveFloat
     reconnect_attempts: NonNegativeInt
+    live_probe_ms: PositiveFloat
     max_frame_bytes: PositiveInt
     log_predictions: bool
+    annotate_min_side: PositiveInt
 
 
 class Params(Section):
@@ -251,6 +295,7 @@ class Params(Section):
     train: TrainParams
     mlflow: MlflowParams
     registry: RegistryParams
+    promotion: PromotionParams
     serving: ServingParams
     batch: BatchParams
     monitoring: MonitoringParams

@@ -191,10 +191,27 @@ def test_review_corrects_a_disputed_training_label_into_a_new_snapshot(
     served: Served, browser: Any, tmp_path: Path
 ) -> None:
     from visionloop.data.snapshot import latest_snapshot
+    from visionloop.promotion.diff import compare_predictions
+    from visionloop.promotion.diff_gallery import new_gallery_dir, write_gallery
+
+    # A prediction-diff gallery in the reports folder: the review page links the newest one.
+    answers = np.eye(len(CLASSES), dtype=np.float32)[[5, 8]]
+    diff = compare_predictions(served.digits[:2], ["5", "5"], (CLASSES, answers), (CLASSES, answers[[1, 1]]),
+                               ("pixels v1", "pixels v2"), "promotion v1→v2: refused")
+    write_gallery(served.settings, diff, new_gallery_dir(served.settings, diff.model_a, diff.model_b))
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"{served.url}/label/review")
     page.wait_for_function("document.body.dataset.state === 'ready'", timeout=60_000)
+    page.wait_for_selector("#diff:not([hidden])")
+    assert page.text_content("#diff-summary") == (
+        "promotion v1→v2: refused: 1 of 2 images change their answer (0 fixed, 1 broke a known label).")
+    with page.context.expect_page() as opened:
+        page.click("#diff-link")
+    gallery = opened.value
+    gallery.wait_for_load_state()
+    assert gallery.title() == "promotion v1→v2: refused" and gallery.locator("figure.broken").count() == 1
+    gallery.close()
     items = httpx.get(f"{served.url}/label/review/items", params={"limit": 1000}).json()["items"]
     by_sha = {item["sha256"]: item for item in items}
     assert page.locator(".suspect").count() == min(len(items), 60) > 0

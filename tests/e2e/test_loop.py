@@ -132,6 +132,7 @@ def retrain_runs(api: str) -> list:
 
 
 def test_drift_alert_starts_retrain_by_automation_and_cooldown_suppresses_the_next(prefect_api, project):
+    from visionloop.data.lineage import dvc_hash
     from visionloop.healing.alerts import SUPPRESSED_COOLDOWN, AlertLog
     from visionloop.models.registry import list_versions
 
@@ -173,8 +174,9 @@ def test_drift_alert_starts_retrain_by_automation_and_cooldown_suppresses_the_ne
     assert lineage["data_version"].endswith(".dir")
     snapshots = sorted((project / "data" / "snapshots").glob("*/manifest.csv"))
     assert len(snapshots) == 1
-    dvc_file = snapshots[0].parent.parent / f"{snapshots[0].parent.name}.dvc"  # written by `dvc add`
-    assert lineage["data_version"] in dvc_file.read_text()
+    assert lineage["data_version"] == dvc_hash(snapshots[0].parent)  # DVC's hash of the snapshot folder
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], project).stdout.splitlines()
+    assert not [line for line in status if line.startswith("?? data/") or line.endswith(".dvc")], status
     assert "models:/" in lineage["base_model"] and lineage["strategy"] == "fine_tuning"
     manifest = snapshots[0].read_text()
     assert manifest.count(",production") == 150

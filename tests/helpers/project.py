@@ -38,6 +38,9 @@ TRAINED_PARAMS: dict[str, Any] = {
     "registry": {"min_quality": {"metric": "accuracy", "threshold": 0.0}},
 }
 
+# Every test project's gate, unless the test says otherwise: no waiting for a challenger's shadow predictions.
+NO_SHADOW_WAIT: dict[str, Any] = {"registry": {"gate": {"shadow": {"min_predictions": 0}}}}
+
 # Text files of a trained project that hold its absolute path (besides the MLflow database).
 _PATH_HOLDERS = ("models/run.json", ".visionloop/mlartifacts/**/MLmodel")
 
@@ -65,7 +68,9 @@ def create_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
     (root / ".dvc").mkdir(exist_ok=True)
     for name in ("config", ".gitignore"):
         shutil.copy(REPO / ".dvc" / name, root / ".dvc" / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(repo_params(overrides), sort_keys=False))
+    # A test's gate judges at once: it waits for shadow predictions only where the test asks (params.yaml waits).
+    params = repo_params(deep_merge(NO_SHADOW_WAIT, overrides or {}))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # dvc.yaml depends on the source files that define training; link them in.
     (root / "src").symlink_to(REPO / "src", target_is_directory=True)
     run(["git", "init", "-q", "-b", "main"], root)

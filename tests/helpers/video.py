@@ -1,4 +1,4 @@
-"""Generated test video, written with PyAV: digit images as frames, a corrupted copy, the frames back as PNG."""
+"""Generated test video, written with PyAV: digit images as frames, a corrupted copy, the frames back (PNG, arrays)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,9 @@ def extract_frames(path: Path, folder: Path) -> list[Path]:
             Image.fromarray(frame.to_ndarray(format="rgb24")).save(file)
             files.append(file)
     return files
+
+
+def decoded_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of the video at ``path``, decoded as H×W×3 RGB."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

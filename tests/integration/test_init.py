@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -83,6 +84,7 @@ def test_init_on_a_manifest_keeps_its_columns_as_slices_and_its_params_feed_the_
     assert images.shape == (8, 3, 64, 64) and classes == ["closed", "open"]
     network = build_network(architecture_from_params(settings.params, len(classes)))
     assert network(images).shape == (8, 2)
+    assert isinstance(network.embed[0], torch.nn.AdaptiveMaxPool2d)  # init's model.pooling reaches the network
 
 
 def test_init_refuses_a_folder_that_is_not_empty_and_writes_nothing(tmp_path: Path) -> None:

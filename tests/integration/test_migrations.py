@@ -143,3 +143,31 @@ def test_visionloop_db_status_and_upgrade(tmp_path: Path) -> None:
     assert current.returncode == 0 and f"at revision {head} (up to date)" in current.stdout
     assert "password" not in current.stdout
     assert differences(db_url) == []
+
+
+def test_the_stream_columns_go_and_come_back_with_the_rows_kept(db_url: str) -> None:
+    """Revision 0004 (predictions.stream_id, frame_ts and their index; monitor_checks.stream_id) downgrades
+    and upgrades again on both backends, rows kept."""
+    from dataclasses import replace
+
+    from alembic import command
+
+    database.upgrade(db_url)
+    log = PredictionLog(db_url)
+    try:
+        log.write([replace(record(0), source="stream", stream_id="cam1", frame_ts=0.5), record(1)])
+        assert log.read_window(stream_id="cam1")["frame_ts"].tolist() == [0.5]
+    finally:
+        log.dispose()
+    engine = database.make_engine(db_url)
+    try:
+        with engine.connect() as connection, connection.begin():
+            command.downgrade(database.alembic_config(connection), "0003")
+        inspector = sa.inspect(engine)
+        assert not {"stream_id", "frame_ts"} & {c["name"] for c in inspector.get_columns("predictions")}
+        assert "stream_id" not in {c["name"] for c in inspector.get_columns("monitor_checks")}
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM predictions")).scalar_one() == 2
+    finally:
+        engine.dispose()
+    assert database.upgrade(db_url).up_to_date and differences(db_url) == []

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers.images import write_tiny_source
 from helpers.models import tiny_model
-from helpers.project import REPO
+from helpers.project import REPO, run
 from sklearn.datasets import load_digits
 
 from visionloop.config import Settings
@@ -86,6 +86,7 @@ def test_bad_input_is_refused() -> None:
 
 
 def test_corrections_become_a_new_dvc_data_version_never_an_edit(make_project: Callable[..., Path]) -> None:
+    from visionloop.data.lineage import dvc_hash
     from visionloop.data.manifest import read_manifest
     from visionloop.data.prepare import prepare_from_settings
     from visionloop.data.snapshot import latest_snapshot
@@ -115,7 +116,10 @@ def test_corrections_become_a_new_dvc_data_version_never_an_edit(make_project: C
     assert applied is not None and applied.applied == [wrong["sha256"]] and applied.missing == []
     assert applied.snapshot.n_relabeled == 1
     assert applied.snapshot.data_version.dvc_hash.endswith(".dir")
-    assert applied.snapshot.directory.with_suffix(".dvc").exists()  # versioned by DVC
+    assert applied.snapshot.data_version.dvc_hash == dvc_hash(applied.snapshot.directory)
+    # a data version with nothing to commit: a model trained on it keeps its .dvc file and the remote its images
+    untracked = run(["git", "status", "--porcelain", "--untracked-files=all"], root).stdout
+    assert "incoming/" in untracked and "data/" not in untracked, untracked
     assert latest_snapshot(settings) == applied.snapshot.manifest
     table = pd.read_csv(applied.snapshot.manifest)
     assert len(table) == 24

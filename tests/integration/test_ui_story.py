@@ -133,7 +133,7 @@ def test_deployments_and_the_drift_automation_say_what_they_do(trained_copy: Set
     from flows.deployments import build_deployments
 
     deployments = build_deployments(trained_copy)
-    assert {d.name for d in deployments} == {"training", "promote", "batch_inference", "monitor", "retrain"}
+    assert {d.name for d in deployments} == {"training", "promote", "canary", "batch_inference", "monitor", "retrain"}
     assert all(d.description and len(d.description) > 40 for d in deployments)
     (retrain,) = [d for d in deployments if d.name == "retrain"]
     assert "drift alert" in retrain.triggers[0].description

@@ -46,7 +46,7 @@ def test_an_unknown_timm_name_is_refused_with_close_matches() -> None:
 
 
 def test_params_refuse_a_malformed_backbone_and_hub_without_timm() -> None:
-    shape = {"widths": [4], "embedding_dim": 8, "dropout": 0.0}
+    shape = {"widths": [4], "embedding_dim": 8, "dropout": 0.0, "pooling": "avg"}
     params = ModelParams(backbone="timm:resnet10t", pretrained="weights/r.safetensors", **shape)
     assert params.backbone == "timm:resnet10t"
     with pytest.raises(ValidationError, match="backbone"):

@@ -111,4 +111,5 @@ def test_init_chooses_from_the_data_colour_shapes(tmp_path: Path) -> None:
     assert overrides["data"]["image_size"] in (64, 96)
     train = [next(iter(step)) for step in overrides["augment"]["train"]]
     assert train[0] == "Resize" and "HorizontalFlip" in train
+    assert overrides["model"]["pooling"] == "max"  # a small corner or tip is not averaged away by the background
     assert overrides["registry"]["gate"]["slices"]["metadata"] == ["background", "size", "quality"]

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from visionloop.models.network import inference_network
+from visionloop.models.network import build_network, inference_network
 from visionloop.training.model import ImageClassifier
 
 
@@ -81,3 +81,20 @@ def test_inference_network_answers_like_the_trained_one_and_leaves_it_alone() ->
         torch.testing.assert_close(fast(images), network(images), rtol=1e-4, atol=1e-5)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules()) == 4
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+
+
+def test_max_pooling_is_kept_in_the_architecture_and_a_config_without_it_is_avg() -> None:
+    model = ImageClassifier(num_classes=3, widths=(4, 8), embedding_dim=8, pooling="max")
+    assert model.architecture["pooling"] == "max"
+    rebuilt = build_network({**model.architecture, "pretrained": None})
+    rebuilt.load_state_dict(model.net.state_dict())
+    assert isinstance(rebuilt.embed[0], torch.nn.AdaptiveMaxPool2d)
+    images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        features = model.net.eval().blocks[1](model.net.blocks[0](images))
+        pooled = rebuilt.eval().embed[0](features).flatten(1)
+    assert torch.equal(pooled, features.amax(dim=(2, 3)))
+    old = {k: v for k, v in model.architecture.items() if k != "pooling"}  # a bundle from before model.pooling
+    assert isinstance(build_network(old).embed[0], torch.nn.AdaptiveAvgPool2d)
+    with pytest.raises(ValueError, match="pooling"):
+        ImageClassifier(num_classes=3, widths=(4, 8), pooling="median")

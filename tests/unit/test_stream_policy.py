@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from visionloop.cli.main import app
+from visionloop.streaming.classify import check_stream_id
 from visionloop.streaming.decode import Backoff, SourceUnavailable, parse_source
 from visionloop.streaming.frames import canonical_frame, parse_roi
 from visionloop.streaming.policy import FrameBuffer, Sampler
@@ -56,11 +59,16 @@ def test_backoff_doubles_up_to_the_maximum_then_gives_up() -> None:
 
 
 def test_sources_and_regions_are_parsed_or_refused_clearly(tmp_path: Path) -> None:
-    assert parse_source("0").kind == "device" and parse_source("0").stream_id == "device0"
     camera = parse_source("rtsp://127.0.0.1:8554/line/cam1?x=1")
     assert camera.live and camera.stream_id == "127.0.0.1_8554_line_cam1"
     with pytest.raises(SourceUnavailable):
         parse_source(str(tmp_path / "missing.mp4"))
+    video = tmp_path / "line 3 (night).mkv"
+    video.write_bytes(b"")
+    assert parse_source(str(video)).stream_id == "line_3_night"  # a name the log and `monitor --stream` take
+    assert check_stream_id("line-3:cam.1") == "line-3:cam.1"
+    with pytest.raises(ValueError, match="stream id"):
+        check_stream_id("a b")
     assert parse_roi("1,2,3,4") == (1, 2, 3, 4)
     with pytest.raises(ValueError):
         parse_roi("1,2,0,4")
@@ -68,3 +76,12 @@ def test_sources_and_regions_are_parsed_or_refused_clearly(tmp_path: Path) -> No
     assert canonical_frame(frame, 1, (2, 3, 4, 5)).shape == (5, 4)
     with pytest.raises(ValueError):
         canonical_frame(frame, 3, (10, 0, 4, 4))
+
+
+def test_a_camera_that_is_not_there_is_a_clear_error_not_a_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No camera on the test machines: a device index whose /dev/videoN is missing exits 2 at once, saying so."""
+    index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    result = CliRunner().invoke(app, ["stream", str(index)])
+    assert result.exit_code == 2
+    assert f"no capture device /dev/video{index}" in result.output and "ls /dev/video*" in result.output

@@ -35,6 +35,8 @@ COMMAND_MODULES = [
     "export",
     "init",
     "stream",
+    "diff",
+    "shadow",
 ]
 
 

@@ -46,6 +46,8 @@ def register(app: typer.Typer) -> None:
         performance: bool = typer.Option(
             True, "--performance/--no-performance", help="Also score the predictions that have feedback labels."
         ),
+        stream: str = typer.Option(None, "--stream", metavar="ID", help="Only this video stream's frames (the "
+                                   "stream_id `visionloop stream` or /stream logged); its checks are its own."),
     ) -> None:
         """Check the champion's latest predictions for drift against its reference profile.
 
@@ -64,11 +66,12 @@ def register(app: typer.Typer) -> None:
                                  "--no-performance"))
             from visionloop.cli.orchestration import run_monitor_flow
 
-            outcome = run_monitor_flow(settings, window)
+            outcome = run_monitor_flow(settings, window, stream)
             typer.echo(json.dumps(outcome, indent=2, default=str) if as_json else outcome.get("message", ""))
             return
         try:
-            result = run_monitor(settings, model, window=window, since=since, performance=performance)
+            result = run_monitor(settings, model, window=window, since=since, performance=performance,
+                                 stream_id=stream)
         except (NoModelToMonitor, FileNotFoundError, ValueError) as error:
             _fail(error)
         if as_json:

@@ -29,11 +29,12 @@ def run_retrain(trigger: str) -> Any:
     return retrain(trigger=trigger)
 
 
-def run_monitor_flow(settings: Settings, window: int | None) -> dict[str, Any]:
-    """The ``monitor`` flow on the champion, emitting the drift alert when it finds one."""
+def run_monitor_flow(settings: Settings, window: int | None, stream_id: str | None = None) -> dict[str, Any]:
+    """The ``monitor`` flow on the champion (one video stream's frames, with ``stream_id``), emitting the drift
+    alert when it finds one."""
     from flows.monitor import monitor
 
-    return monitor(project_dir=str(settings.root), window=window)
+    return monitor(project_dir=str(settings.root), window=window, stream_id=stream_id)
 
 
 def raise_alert(settings: Settings, payload: dict[str, Any]) -> AlertDecision:

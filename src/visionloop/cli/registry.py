@@ -1,4 +1,5 @@
-"""Registry commands: ``promote``, ``rollback``, ``registry list``, ``history``, ``register``, ``set-champion``.
+"""Registry commands: ``promote`` (``--canary``: ``cli.canary``), ``rollback``, ``registry list``, ``history``,
+``register``, ``set-champion``, ``canary``.
 
 Heavy imports (MLflow, torch) happen inside the commands so ``visionloop --help`` stays fast.
 """
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 
     from visionloop.contracts import PromotionRecord
 
-DECISION_STYLE = {"promoted": "green", "initial": "green", "rollback": "yellow", "assigned": "yellow", "refused": "red"}
+DECISION_STYLE = {"promoted": "green", "initial": "green", "rollback": "yellow", "assigned": "yellow", "refused": "red",
+                 "deferred": "yellow", "canary": "cyan", "canary_rollback": "yellow"}
 
 
 def _console() -> Console:
@@ -42,6 +44,11 @@ def _show_record(console: Console, record: PromotionRecord) -> None:
         f"{_version(record.to_version)} (candidate {_version(record.candidate_version)}, trigger {record.trigger})"
     )
     console.print(record.reason, highlight=False)
+    if record.flips:
+        from visionloop.promotion.diff import describe_flips
+
+        console.print(f"{describe_flips(record.flips)}; gallery: the run's diff/ in MLflow, /label/review when serving",
+                      highlight=False)
 
 
 def _number(value: Any) -> str:
@@ -77,13 +84,32 @@ def register(app: typer.Typer) -> None:
         ),
         trigger: str = typer.Option("cli", help="Who asked (recorded in the history)."),
         as_json: bool = typer.Option(False, "--json", help="Print the promotion record as JSON."),
+        canary: float = typer.Option(
+            None, "--canary", metavar="PERCENT", min=0.01, max=100,
+            help="After the gate passes, the challenger first answers this share of /predict (servers follow it); "
+                 "watched with promotion.canary's thresholds, then promoted or rolled back by itself.",
+        ),
+        watch: bool = typer.Option(
+            True, "--watch/--no-watch", help="With --canary: stay and watch it to the end (a progress line per check)."
+        ),
+        gate: bool = typer.Option(
+            True, "--gate/--no-gate", help="With --canary: gate offline first (a refusal starts no canary); "
+                                           "--no-gate leaves the decision to the canary alone.",
+        ),
     ) -> None:
         """Gate the challenger against the champion on the frozen gate set; promote only a clear, safe win.
 
         Needs a win on the primary metric by the margin; no class or slice may drop beyond its tolerance.
+        With --canary, a pass starts a canary instead of promoting at once (README: Canary).
 
         Every decision is recorded (`visionloop registry history`). Exit code 0 either way; 1: nothing to gate.
         """
+        if canary is not None:
+            from visionloop.cli.canary import CanaryOptions, run_canary
+
+            run_canary(canary / 100, version, trigger, CanaryOptions(gate, watch, as_json),
+                       lambda record: _show_record(_console(), record))
+            return
         from visionloop.config import Settings
         from visionloop.models.registry import RegistryError
         from visionloop.promotion.promote import apply_gate, evaluate_gate
@@ -132,6 +158,17 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(record.to_dict(), indent=2))
         else:
             _show_record(_console(), record)
+
+    @registry_app.command("canary")
+    def canary_command(
+        watch: bool = typer.Option(False, "--watch", help="Judge it every check_seconds until it ends."),
+        trigger: str = typer.Option("cli", help="Who asked (recorded when the watch ends it)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the state and verdict (or final record) as JSON."),
+    ) -> None:
+        """The canary in progress (`promote --canary`): its share, its window's figures and verdict now."""
+        from visionloop.cli.canary import show_canary
+
+        show_canary(watch, trigger, as_json, lambda record: _show_record(_console(), record))
 
     @registry_app.command("set-champion")
     def set_champion_command(
@@ -200,6 +237,7 @@ def register(app: typer.Typer) -> None:
 
         from visionloop.config import Settings
         from visionloop.promotion.audit import history
+        from visionloop.promotion.diff import describe_flips
 
         settings = Settings.load()
         records = history(settings)
@@ -218,12 +256,14 @@ def register(app: typer.Typer) -> None:
             change = f"{_version(record.from_version)} → {_version(record.to_version)}"
             if record.decision == "refused":
                 change += f"\n(not {_version(record.candidate_version)})"
+            elif record.decision in ("canary", "canary_rollback"):
+                change += f"\n(canary {_version(record.candidate_version)})"
             table.add_row(
                 record.created_at[:19].replace("T", "\n"),
                 f"[{style}]{record.decision}[/]",
                 change,
                 record.trigger,
-                record.reason,
+                "\n".join(part for part in (record.reason, describe_flips(record.flips)) if part),
             )
         _console().print(table)
 

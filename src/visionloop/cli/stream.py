@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
     @app.command("stream")
     def stream_command(
         source: str = typer.Argument(..., metavar="SOURCE", help="A video file, a capture device index (0 → "
-                                     "/dev/video0) or an rtsp:// / http(s):// URL."),
+                                     "/dev/video0, V4L2, Linux) or an rtsp:// / http(s):// URL."),
         output: str = typer.Option(None, "--output", "-o", help="FILE.jsonl (JSON lines) or FILE.parquet; "
                                    "default: JSON lines on stdout."),
         fps: float = typer.Option(None, min=0.001, help="Frames classified per second of stream time "
@@ -31,8 +32,12 @@ def register(app: typer.Typer) -> None:
         roi: str = typer.Option(None, help="Classify only this region of each frame: x,y,w,h in pixels."),
         model: str = typer.Option(None, "--model", help="A models:/ URI or a bundle folder, fixed for the run "
                                   "(default: the champion, hot-swapped when the alias moves, as `serve`)."),
-        stream_id: str = typer.Option(None, help="The stream's name in the output (default: the file's stem, "
-                                      "deviceN, or the URL's host and path)."),
+        stream_id: str = typer.Option(None, help="The stream's name in the output and the prediction log, for "
+                                      "`visionloop monitor --stream ID` (letters, digits, . _ : -; default: the "
+                                      "file's stem, deviceN, or the URL's host and path)."),
+        annotate: Path = typer.Option(None, "--annotate", metavar="OUT.mp4", help="Also write a video of the "
+                                      "classified frames with label and confidence drawn on each (H.264, else "
+                                      "MPEG-4; small frames enlarged to stream.annotate_min_side)."),
         log_predictions: bool = typer.Option(None, "--log-predictions/--no-log-predictions", help="Write every "
                                              "classified frame to the prediction log, source stream (default: "
                                              "stream.log_predictions)."),
@@ -40,9 +45,12 @@ def register(app: typer.Typer) -> None:
         """Classify a video stream frame by frame: sampled at --fps, micro-batched, every frame logged.
 
         A file ends at its end; a corrupt stretch costs only its frames; a network stream that drops is
-        reopened with back-off. The counts (sampled, classified, dropped, lost) go to stderr as JSON.
+        reopened with back-off. A device index is a V4L2 camera (Linux): one that is not there exits 2.
+        Live sources (a device, a URL) drop frames older than --max-latency rather than fall behind. The
+        counts (sampled, classified, dropped, lost, the longest latency) go to stderr as JSON.
         """
         from visionloop.config import Settings
+        from visionloop.streaming.classify import check_stream_id
         from visionloop.streaming.decode import SourceUnavailable, parse_source
         from visionloop.streaming.frames import parse_roi
         from visionloop.streaming.loop import StreamOptions
@@ -54,12 +62,14 @@ def register(app: typer.Typer) -> None:
         try:
             parsed = parse_source(source)
             options = StreamOptions.from_params(settings.params.stream, parse_roi(roi))
+            if stream_id is not None:
+                check_stream_id(stream_id)
         except (SourceUnavailable, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         sink = open_sink(output)
         try:
-            summary = _run(settings, parsed, options, sink, model, stream_id)
+            summary = _run(settings, parsed, options, sink, model, stream_id, annotate)
         except (RuntimeError, FileNotFoundError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -73,13 +83,21 @@ def register(app: typer.Typer) -> None:
 def _run(
     settings: Settings, source: Source, options: StreamOptions, sink: Sink, model_spec: str | None,
     stream_id: str | None,
+    annotate: Path | None,
 ) -> StreamSummary:
-    """Open the model (fixed, or followed like the server's) and the prediction log, then run the stream."""
+    """Open the model (fixed, or followed like the server's), the prediction log and the annotated video, then
+    run the stream."""
     import contextlib
 
     from visionloop.streaming.loop import run_stream
 
     with contextlib.ExitStack() as stack:
+        video = None
+        if annotate is not None:
+            from visionloop.streaming.annotate import AnnotatedVideo
+
+            video = AnnotatedVideo(annotate, options.fps, settings.params.stream.annotate_min_side)
+            stack.callback(video.close)
         writer = None
         if settings.params.stream.log_predictions:
             from visionloop.serving.app import make_writer
@@ -101,7 +119,8 @@ def _run(
                                    max_batch=options.batch_size)
             get_model = stack.enter_context(following(manager, first_load_timeout=30.0)).current
         return run_stream(source, options, get_model=get_model, sink=sink,
-                          log_submit=writer.submit if writer is not None else None, stream_id=stream_id)
+                          log_submit=writer.submit if writer is not None else None, stream_id=stream_id,
+                          annotate=video)
 
 
 def _close_writer(writer: LogWriter, drain_seconds: float) -> None:

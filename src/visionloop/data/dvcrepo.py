@@ -65,13 +65,6 @@ def commit_stages(settings: Settings, stages: list[str]) -> None:
             repo.commit(stage, force=True)
 
 
-def add(settings: Settings, path: Path) -> str:
-    """``dvc add`` a data snapshot; returns its md5 (the data version)."""
-    with _repo(settings) as repo:
-        stages = repo.add(str(path))
-    return stages[0].outs[0].hash_info.value
-
-
 def push(settings: Settings) -> int:
     """Push cached data to the remote; returns how many files were transferred."""
     configure_remote(settings)

@@ -1,16 +1,21 @@
 """New data versions: the current training data plus labeled production images, or with corrections.
 
 A snapshot is a folder ``data/snapshots/<UTC time>-<reason>/`` holding ``manifest.csv``
-(path,label,origin[,meta...]) and its images; it is ``dvc add``-ed, so its DVC hash is the data
-version a retrained model records. Nothing is edited in place: each change is a new snapshot, and
-the current snapshot is the base of the next one.
+(path,label,origin[,meta...]) and its images; its DVC hash (DVC's own hashing, as ``dvc add`` would
+record it) is the data version a retrained model records. Nothing is edited in place: each change is a
+new snapshot, and the current snapshot is the base of the next one.
+
+No ``.dvc`` file is written into the project (``data/snapshots/`` is git-ignored, like ``data/raw``): the
+training that reads a snapshot caches and pushes it to the DVC remote and stores its ``.dvc`` file with
+the model version (``dvcrepo.keep_data_version``), so lineage never depends on committing anything, and a
+retrain leaves ``git status`` clean. (DVC refuses to write a ``.dvc`` file git ignores.)
 
 Concurrent jobs (a label-correction snapshot beside a retrain's) never lose each other's changes:
     * one snapshot is made at a time, under a file lock in the state directory;
     * a caller that computed its changes from a base (``base=``) gets ``StaleBase`` if another
       snapshot became current meanwhile (compare-and-set), and recomputes from the new one;
     * ``data/snapshots/latest`` names the current snapshot's folder; it is replaced atomically and
-      only after the manifest is complete and ``dvc add`` succeeded. A snapshot that failed half-way
+      only after the manifest is complete and hashed. A snapshot that failed half-way
       is removed and never becomes current. (A project made before this pointer existed falls back
       to the newest folder.)
 """
@@ -28,8 +33,7 @@ import pandas as pd
 
 from visionloop.config import Settings
 from visionloop.contracts import DataVersion
-from visionloop.data import dvcrepo
-from visionloop.data.lineage import data_version, git_commit
+from visionloop.data.lineage import dvc_hash, git_commit
 from visionloop.data.manifest import read_source_manifest
 from visionloop.data.prepare import source_from_settings
 from visionloop.locks import exclusive
@@ -146,15 +150,10 @@ def _write_snapshot(
         table = table.assign(path=names)
         manifest = directory / "manifest.csv"
         _replace_atomically(manifest, lambda tmp: table.to_csv(tmp, index=False))
-        if dvcrepo.is_dvc_repo(settings.root):
-            dvc_hash = dvcrepo.add(settings, directory)
-            version = DataVersion(dvc_hash, str(directory.relative_to(settings.root)), git_commit(settings.root),
-                                  len(table))
-        else:
-            version = data_version(settings.root, directory)
+        version = DataVersion(dvc_hash(directory), str(directory.relative_to(settings.root)),
+                              git_commit(settings.root), len(table))
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
-        (root / f"{directory.name}.dvc").unlink(missing_ok=True)
         raise
     _replace_atomically(root / LATEST, lambda tmp: tmp.write_text(directory.name + "\n"))
     return Snapshot(directory, manifest, version, n_base, n_added, int(relabeled.sum()))

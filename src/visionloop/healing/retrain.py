@@ -1,7 +1,7 @@
 """Retraining on new labeled data by transfer learning from the champion.
 
 Steps (each a Prefect task in ``tasks/retrain.py``): collect the production images labeled since
-the last data version → snapshot + ``dvc add`` (a new data version) → validate & split →
+the last data version → snapshot, DVC-hashed (a new data version) → validate & split →
 train from the champion's weights (``retrain.strategy``) → evaluate → register → the promotion gate.
 Nothing touches the champion before the gate, so a failure at any step leaves it serving.
 """

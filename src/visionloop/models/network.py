@@ -16,6 +16,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from visionloop.models.backbones import SMALL_CNN
 
+POOLING = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
+
 
 class SmallCNN(nn.Module):
     """Conv blocks → global pooling → embedding → classifier head. No torchvision needed."""
@@ -27,8 +29,14 @@ class SmallCNN(nn.Module):
         widths: tuple[int, ...] | list[int] = (16, 32, 64),
         embedding_dim: int = 64,
         dropout: float = 0.2,
+        pooling: str = "avg",
     ) -> None:
+        """``pooling``: ``avg`` or ``max`` over the last feature map (``model.pooling``; bundles written before
+        it existed are ``avg``). Max tells whether a feature occurs anywhere, however small a share of the image
+        it covers: average pooling dilutes a shape's few corner pixels with its background."""
         super().__init__()
+        if pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {tuple(POOLING)}, got {pooling!r}")
         blocks: list[nn.Module] = []
         channels = in_channels
         for width in widths:
@@ -46,7 +54,7 @@ class SmallCNN(nn.Module):
             channels = width
         self.blocks = nn.ModuleList(blocks)
         self.embed = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, embedding_dim), nn.ReLU(inplace=True)
+            POOLING[pooling](1), nn.Flatten(), nn.Linear(channels, embedding_dim), nn.ReLU(inplace=True)
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(embedding_dim, num_classes)
@@ -76,7 +84,8 @@ def build_network(config: dict[str, Any]) -> nn.Module:
 
         return TimmNetwork(backbone, config["num_classes"], config["in_channels"], config["dropout"])
     return SmallCNN(
-        config["num_classes"], config["in_channels"], config["widths"], config["embedding_dim"], config["dropout"]
+        config["num_classes"], config["in_channels"], config["widths"], config["embedding_dim"], config["dropout"],
+        config.get("pooling", "avg"),  # absent: a bundle from before model.pooling existed
     )
 
 

@@ -13,6 +13,7 @@ between its re-read of the champion and the flip.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from visionloop.config import Settings
-from visionloop.contracts import CHALLENGER, CHAMPION, LINEAGE_TAGS
+from visionloop.contracts import CANARY, CHALLENGER, CHAMPION, LINEAGE_TAGS, CanaryState
 from visionloop.locks import exclusive
 from visionloop.models.tracking import NOTE_TAG, client, describe_run, point_mlflow_at, registered_run_name
 from visionloop.models.uris import parse_model_uri
@@ -33,6 +34,7 @@ from visionloop.models.uris import parse_model_uri
 RUN_LINEAGE_TAGS = (*LINEAGE_TAGS, "data_path", "data_git_commit", "trigger")
 METRIC_TAG_PREFIX = "metric."
 HEADLINE_METRICS = ("accuracy", "macro_f1", "roc_auc_ovr", "ece", "n")
+CANARY_TAG = "visionloop.canary"  # on the registered model: the CanaryState (JSON) of the canary in progress
 
 
 class RegistryError(RuntimeError):
@@ -201,6 +203,48 @@ def move_champion(settings: Settings, version: str) -> None:
     mlflow_client.set_registered_model_alias(name, CHAMPION, version)
     if challenger == version:
         mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def canary_state(settings: Settings) -> CanaryState | None:
+    """The canary in progress (one registry call, polled by every serving process); None when there is none.
+
+    A canary exists only while both the ``canary`` alias and the tag are there and agree: ``set_canary`` writes
+    the tag before the alias and ``clear_canary`` removes the alias first, so a reader between the two calls
+    sees no canary rather than half of one.
+    """
+    try:
+        model = client(settings).get_registered_model(settings.model_name)
+    except MlflowException as error:
+        if not_found(error):
+            return None
+        raise
+    version = (model.aliases or {}).get(CANARY)
+    text = (model.tags or {}).get(CANARY_TAG)
+    if version is None or not text:
+        return None
+    state = CanaryState(**json.loads(text))
+    return state if state.version == str(version) else None
+
+
+def set_canary(settings: Settings, state: CanaryState) -> None:
+    """Have ``state.version`` answer ``state.share`` of requests (tag, then alias). Call under ``registry_lock``."""
+    mlflow_client = client(settings)
+    mlflow_client.set_registered_model_tag(settings.model_name, CANARY_TAG, json.dumps(state.to_dict()))
+    mlflow_client.set_registered_model_alias(settings.model_name, CANARY, state.version)
+
+
+def clear_canary(settings: Settings) -> None:
+    """End the canary, if any (alias, then tag): servers send every request to the champion again.
+    Call under ``registry_lock``."""
+    mlflow_client = client(settings)
+    current = aliases(settings)
+    if CANARY in current:
+        mlflow_client.delete_registered_model_alias(settings.model_name, CANARY)
+    try:
+        mlflow_client.delete_registered_model_tag(settings.model_name, CANARY_TAG)
+    except MlflowException as error:
+        if not not_found(error):
+            raise
 
 
 @contextmanager

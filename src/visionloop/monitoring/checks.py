@@ -5,7 +5,9 @@ would log a duplicate MLflow run and Evidently snapshot and raise (or suppress) 
 completed check records the log's *watermark* for the watched version — how many predictions it has, the
 newest one's time, the newest feedback label's time — and a check that finds the same watermark does nothing
 but say so. A new prediction (even one the log writer stored late, with an older time: the count changes) or a
-new feedback label (performance can be judged anew) makes the next check a real one.
+new feedback label (performance can be judged anew) makes the next check a real one. A check of one video
+stream's rows (``stream_id``: ``visionloop monitor --stream ID``) has a watermark of its own, counted over that
+stream's rows, so it neither hides nor repeats a check of the whole version.
 """
 
 from __future__ import annotations
@@ -37,22 +39,26 @@ class CheckLog:
         self.engine = make_engine(url)
         ensure_schema(self.engine)
 
-    def watermark(self, model_name: str, model_version: str) -> Watermark:
-        """The log's watermark for this version now."""
+    def watermark(self, model_name: str, model_version: str, stream_id: str | None = None) -> Watermark:
+        """The log's watermark for this version now (only ``stream_id``'s rows, when given)."""
         p = predictions_table.c
         query = sa.select(sa.func.count(), sa.func.max(p.created_at), sa.func.max(p.feedback_at)).where(
             p.model_name == model_name, p.model_version == model_version)
+        if stream_id is not None:
+            query = query.where(p.stream_id == stream_id)
         with self.engine.connect() as connection:
             count, newest, feedback = connection.execute(query).one()
         # Aggregates come back untyped (naive on SQLite): through the column type, as every read of a time.
         as_time = predictions_table.c.created_at.type.process_result_value
         return Watermark(int(count), as_time(newest, self.engine.dialect), as_time(feedback, self.engine.dialect))
 
-    def last(self, model_name: str, model_version: str) -> Watermark | None:
-        """The watermark of the last completed check of this version, or None when it was never checked."""
+    def last(self, model_name: str, model_version: str, stream_id: str | None = None) -> Watermark | None:
+        """The watermark of the last completed check of this version (of its ``stream_id`` rows, or of all of
+        them), or None when it was never checked."""
         c = monitor_checks_table.c
+        scope = c.stream_id.is_(None) if stream_id is None else c.stream_id == stream_id
         query = (sa.select(c.n_predictions, c.newest_prediction_at, c.newest_feedback_at)
-                 .where(c.model_name == model_name, c.model_version == model_version)
+                 .where(c.model_name == model_name, c.model_version == model_version, scope)
                  .order_by(c.id.desc()).limit(1))
         with self.engine.connect() as connection:
             row = connection.execute(query).first()
@@ -66,24 +72,28 @@ class CheckLog:
             return connection.execute(query).scalar_one_or_none()
 
     def record(self, model_name: str, model_version: str, mark: Watermark, status: str,
-               mlflow_run_id: str | None = None) -> None:
+               mlflow_run_id: str | None = None, stream_id: str | None = None) -> None:
         """Remember a completed check and the watermark it judged."""
         with self.engine.begin() as connection:
             connection.execute(monitor_checks_table.insert().values(
                 checked_at=datetime.now(UTC), model_name=model_name, model_version=model_version,
                 n_predictions=mark.n_predictions, newest_prediction_at=mark.newest_prediction_at,
-                newest_feedback_at=mark.newest_feedback_at, status=status, mlflow_run_id=mlflow_run_id))
+                newest_feedback_at=mark.newest_feedback_at, status=status, mlflow_run_id=mlflow_run_id,
+                stream_id=stream_id))
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def nothing_new(url: str, model_name: str, model_version: str) -> tuple[Watermark, bool]:
-    """The version's watermark now, and whether the last check already judged exactly that."""
+def nothing_new(
+    url: str, model_name: str, model_version: str, stream_id: str | None = None
+) -> tuple[Watermark, bool]:
+    """The version's watermark now (of one stream's rows, when given), and whether the last check of the same
+    scope already judged exactly that."""
     log = CheckLog(url)
     try:
-        mark = log.watermark(model_name, model_version)
-        return mark, mark == log.last(model_name, model_version)
+        mark = log.watermark(model_name, model_version, stream_id)
+        return mark, mark == log.last(model_name, model_version, stream_id)
     finally:
         log.dispose()
 
@@ -98,10 +108,10 @@ def previous_check_at(url: str, model_name: str) -> datetime | None:
 
 
 def record_check(url: str, model_name: str, model_version: str, mark: Watermark, status: str,
-                 mlflow_run_id: str | None = None) -> None:
-    """``CheckLog.record`` for one completed check."""
+                 mlflow_run_id: str | None = None, stream_id: str | None = None) -> None:
+    """``CheckLog.record`` for one completed check (of one stream's rows, when ``stream_id`` is given)."""
     log = CheckLog(url)
     try:
-        log.record(model_name, model_version, mark, status, mlflow_run_id)
+        log.record(model_name, model_version, mark, status, mlflow_run_id, stream_id)
     finally:
         log.dispose()

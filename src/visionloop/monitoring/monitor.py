@@ -10,7 +10,9 @@ Prefect ``monitor`` flow runs each one as a task:
 2. ``read_window`` — the latest ``monitoring.window`` predictions (or those since a time) **made by that
    version**. Predictions of other versions come from another network: their embedding and output
    features are not comparable with this version's reference, so they are left out. Right after a
-   promotion the window is therefore small until the new version has served enough traffic.
+   promotion the window is therefore small until the new version has served enough traffic. With a stream id
+   (``visionloop monitor --stream ID``) only that video stream's frames are read, and the check's watermark
+   (step 1, 7) is that stream's.
 3. ``check_window`` — the drift tests (``visionloop.monitoring.drift``, run inside Evidently's report by
    ``evidently_report.check_drift``) on the feature columns: image statistics, reduced embedding,
    predicted class, confidence and the softmax vector; never the identifiers, times or paths of the log.
@@ -67,6 +69,7 @@ class MonitorResult:
     mlflow_run_id: str | None = None
     evidently_snapshot_id: str | None = None
     performance: PerformanceResult | None = None
+    stream_id: str | None = None  # the window was this video stream's rows only
 
     @property
     def alert(self) -> dict[str, Any] | None:
@@ -76,7 +79,8 @@ class MonitorResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: for ``--json``, the flow's result and the tests."""
         return {
-            **{key: getattr(self, key) for key in ("status", "model_name", "model_version", "n_window", "message")},
+            **{key: getattr(self, key)
+               for key in ("status", "model_name", "model_version", "stream_id", "n_window", "message")},
             "verdict": json.loads(verdict_json(self.verdict)) if self.verdict else None,
             "out_dir": str(self.out_dir) if self.out_dir else None,
             "files": {k: str(v) for k, v in self.files.items()},
@@ -90,31 +94,39 @@ class MonitorResult:
 # --- 1. anything new? ---------------------------------------------------------------------------------
 
 
-def stale_result(monitored: MonitoredModel, mark: Watermark) -> MonitorResult:
+def stale_result(monitored: MonitoredModel, mark: Watermark, stream_id: str | None = None) -> MonitorResult:
     """The result of a check that found nothing new since the last one: it says so, and that is all."""
     newest = f", newest at {mark.newest_prediction_at:%Y-%m-%d %H:%M:%S} UTC" if mark.newest_prediction_at else ""
     return MonitorResult(
-        status=STALE, model_name=monitored.name, model_version=monitored.version, n_window=0,
+        status=STALE, model_name=monitored.name, model_version=monitored.version, n_window=0, stream_id=stream_id,
         message=f"nothing new since the last check: {mark.n_predictions} prediction(s) by {monitored.name} "
-        f"v{monitored.version}{newest}, no new prediction or feedback label; no check, no report, no alert",
+        f"v{monitored.version}{_of_stream(stream_id)}{newest}, no new prediction or feedback label; no check, "
+        "no report, no alert",
     )
+
+
+def _of_stream(stream_id: str | None) -> str:
+    return f" in stream {stream_id!r}" if stream_id is not None else ""
 
 
 # --- 2. the window -----------------------------------------------------------------------------------
 
 
 def read_window(
-    settings: Settings, monitored: MonitoredModel, *, window: int | None = None, since: datetime | None = None
+    settings: Settings, monitored: MonitoredModel, *, window: int | None = None, since: datetime | None = None,
+    stream_id: str | None = None,
 ) -> pd.DataFrame:
     """The monitored version's latest ``window`` predictions (default ``monitoring.window``), oldest first.
 
-    With ``since`` and no ``window``: every prediction since then.
+    With ``since`` and no ``window``: every prediction since then. With ``stream_id``: only that video stream's
+    frames (``visionloop stream`` / the ``/stream`` WebSocket log it with each frame).
     """
     if window is None and since is None:
         window = settings.params.monitoring.window
     prediction_log = PredictionLog(settings.db_url)
     try:
-        frame = prediction_log.read_window(last_n=window, since=since, model_version=monitored.version)
+        frame = prediction_log.read_window(last_n=window, since=since, model_version=monitored.version,
+                                           stream_id=stream_id)
     finally:
         prediction_log.dispose()
     return frame[frame["model_name"] == monitored.name].reset_index(drop=True)
@@ -133,15 +145,20 @@ def monitored_columns(monitored: MonitoredModel, frame: pd.DataFrame) -> list[st
     ]
 
 
-def check_window(settings: Settings, monitored: MonitoredModel, frame: pd.DataFrame) -> MonitorResult:
-    """Drift tests of the window against the reference; too small a window is reported, not tested."""
+def check_window(
+    settings: Settings, monitored: MonitoredModel, frame: pd.DataFrame, stream_id: str | None = None
+) -> MonitorResult:
+    """Drift tests of the window (``stream_id``: read from that stream alone) against the reference; too small
+    a window is reported, not tested."""
     params = settings.params.monitoring
     n = len(frame)
-    base = {"model_name": monitored.name, "model_version": monitored.version, "n_window": n}
+    base = {"model_name": monitored.name, "model_version": monitored.version, "n_window": n, "stream_id": stream_id}
+    of_stream = _of_stream(stream_id)
     if n < params.min_window:
         return MonitorResult(
             status="not_enough_data",
-            message=f"not enough data: {n} prediction(s) by {monitored.name} v{monitored.version} in the window, "
+            message=f"not enough data: {n} prediction(s) by {monitored.name} v{monitored.version}{of_stream} in "
+            "the window, "
             f"at least {params.min_window} needed (monitoring.min_window); no drift check, no alert",
             **base,
         )
@@ -160,10 +177,10 @@ def check_window(settings: Settings, monitored: MonitoredModel, frame: pd.DataFr
     if verdict.drift:
         message = (
             f"drift ({verdict.severity}): {len(verdict.drifted_features)} of {len(columns)} features drifted "
-            f"({', '.join(verdict.drifted_features)}) in {n} predictions by v{monitored.version}"
+            f"({', '.join(verdict.drifted_features)}) in {n} predictions by v{monitored.version}{of_stream}"
         )
     else:
-        message = f"no drift in {n} predictions by v{monitored.version} ({len(columns)} features tested)"
+        message = f"no drift in {n} predictions by v{monitored.version}{of_stream} ({len(columns)} features tested)"
     return MonitorResult(
         status="drift" if verdict.drift else "ok",
         message=message,
@@ -213,6 +230,8 @@ def alert_payload(result: MonitorResult | None, performance: PerformanceResult |
         payload["performance"] = performance.summary()  # type: ignore[union-attr]
         payload["severity"] = worst(payload["severity"], performance.severity)  # type: ignore[union-attr]
     payload["cause"] = ", ".join(causes)
+    if result is not None and result.stream_id is not None:
+        payload["stream_id"] = result.stream_id  # the drift was found in this video stream's frames
     if result is not None and result.out_dir is not None:
         payload["report_dir"] = str(result.out_dir)  # the retrain it causes adds its outcome to the report's page
     return payload
@@ -223,20 +242,21 @@ def alert_payload(result: MonitorResult | None, performance: PerformanceResult |
 
 def run_monitor(
     settings: Settings, model: str | None = None, *, window: int | None = None, since: datetime | None = None,
-    performance: bool = True,
+    performance: bool = True, stream_id: str | None = None,
 ) -> MonitorResult:
     """One monitoring run without Prefect: check, write, log to MLflow and Evidently; the alert is in the result.
 
     ``model``: what to watch (``monitored.load_monitored``; default the champion). With ``performance``, the
     version's predictions that have feedback labels are scored too; a degradation joins the alert. When nothing
-    reached the log for the version since its last check, the result only says so (``stale_result``).
+    reached the log for the version since its last check, the result only says so (``stale_result``). With
+    ``stream_id`` the window (and what counts as new) is that video stream's frames only.
     """
     monitored = load_monitored(settings, model)
-    mark, stale = nothing_new(settings.db_url, monitored.name, monitored.version)
+    mark, stale = nothing_new(settings.db_url, monitored.name, monitored.version, stream_id)
     if stale:
-        return stale_result(monitored, mark)
-    frame = read_window(settings, monitored, window=window, since=since)
-    result = check_window(settings, monitored, frame)
+        return stale_result(monitored, mark, stream_id)
+    frame = read_window(settings, monitored, window=window, since=since, stream_id=stream_id)
+    result = check_window(settings, monitored, frame, stream_id)
     if result.verdict is not None:
         result.out_dir = new_output_dir(settings)
     if performance:  # before the report, whose index page shows it
@@ -247,5 +267,6 @@ def run_monitor(
                                      performance=result.performance)
         result.mlflow_run_id = log_check(settings, monitored, result.verdict, result.files)
         result.evidently_snapshot_id = add_to_workspace(settings, result.snapshot, monitored.name)
-    record_check(settings.db_url, monitored.name, monitored.version, mark, result.status, result.mlflow_run_id)
+    record_check(settings.db_url, monitored.name, monitored.version, mark, result.status, result.mlflow_run_id,
+                 stream_id)
     return result

@@ -13,6 +13,9 @@ simple and written into the report, so a user can see which one fired and change
 - flips: horizontal flips unless a class name suggests handedness or writing (digits, letters,
   left/right, text...);
 - normalisation: the data's own per-channel mean and standard deviation;
+- global max pooling in the small CNN (``POOLING``): a user's object may cover a small, varying share of the
+  photo, on any background; what tells classes apart (a corner, a tip) is a few pixels, which average
+  pooling dilutes with the background and max pooling keeps (measured on shapes: README);
 - epochs and batch size: enough optimizer steps (``TARGET_STEPS``) for a small data set to train,
   with early stopping ending the run when val loss stops improving.
 """
@@ -38,6 +41,7 @@ SMALL_DATA = 2000  # train images below which batches of 32 give more steps per 
 # Early stopping on small data waits at least this many epochs, and a third of the run: a small CNN from scratch
 # can sit at chance for its first ~100 steps (val loss flat), then learn (measured on shapes: README).
 PATIENCE_SMALL = 10
+POOLING = "max"  # model.pooling for any user's images; the digits of this repository keep avg (they fill the frame)
 MAX_SLICE_VALUES = 12  # a manifest column with more distinct values is an identifier, not a slice
 NO_FLIP = re.compile(r"(^\w$|^\d+$|left|right|digit|letter|text|word|char|arrow|sign|hand|number)", re.I)
 
@@ -84,6 +88,9 @@ def choose(found: Survey, template: dict[str, Any], name: str, source: str) -> t
     choices.append(Choice("augment.train", augment_train(found, size, channels, choices), "see the lines above"))
     choices.append(Choice("augment.eval", [*resize_steps(found, size, []), normalize(found, channels)],
                           "the same resize and normalisation, nothing random"))
+    choices.append(Choice("model.pooling", POOLING, "the small CNN's global pooling: whether a feature (a corner, a "
+                                                    "tip) occurs anywhere, however small a share of the image it is; "
+                                                    "average pooling dilutes it with the background"))
     choices.extend(schedule(found, template))
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "images"
     choices.append(Choice("registry.model_name", f"{slug}-cnn", "named after the project folder"))

@@ -16,6 +16,7 @@ GITIGNORE = """\
 __pycache__/
 lightning_logs/
 /data/prepared
+/data/snapshots
 /models
 /reports/*
 !/reports/init.md

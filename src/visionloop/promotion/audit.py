@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,10 @@ from matplotlib.figure import Figure
 from visionloop.config import Settings
 from visionloop.contracts import CHAMPION, PromotionRecord
 from visionloop.models.registry import alias_version, describe_version, registry_lock
-from visionloop.models.tracking import client, experiment_id, log_run
+from visionloop.models.tracking import Artifact, client, experiment_id, log_run
 from visionloop.monitoring.slices import OVERALL
+from visionloop.promotion.diff import describe_flips
+from visionloop.promotion.diff_gallery import GALLERY_FILES, new_gallery_dir, write_gallery
 from visionloop.promotion.gate import GateResult
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ RECORD_TAG = "promotion_record"
 RECORD_ARTIFACT = "promotion_record.json"
 _MAX_TAG = 8000  # MLflow's limit on a tag value
 _MAX_PARAM = 500
-GATE_DECISIONS = ("initial", "promoted", "refused")  # decisions the gate made on a candidate
+GATE_DECISIONS = ("initial", "promoted", "refused", "deferred")  # decisions the gate made on a candidate
 
 
 def version_label(version: str | None) -> str:
@@ -65,13 +68,14 @@ def record_decision(settings: Settings, record: PromotionRecord, gate: GateResul
     params = {f"gate.{k}": str(v)[:_MAX_PARAM] for k, v in gate_params.items()}
     params.update({"champion.version": str(record.from_version), "challenger.version": str(record.candidate_version)})
     metrics = {f"{role}.{k}": v for role, values in record.metrics.items() for k, v in values.items() if v is not None}
+    metrics.update({f"diff.{k}": float(v) for k, v in record.flips.items()})  # the gallery's totals
     texts = {RECORD_ARTIFACT: json.dumps(record.to_dict(), indent=2)}
     if gate is not None:
         params.update({f"gate_set.{k}": str(v)[:_MAX_PARAM] for k, v in gate.gate_set.items()})
         metrics.update(_class_metrics(gate))
         texts.update(_gate_tables(gate))
     with tempfile.TemporaryDirectory(prefix="visionloop-audit-") as tmp:
-        files = [(plot, None) for plot in _slice_plot(gate, record, Path(tmp))]
+        files = [(plot, None) for plot in _slice_plot(gate, record, Path(tmp))] + _gallery(settings, gate, record)
         experiment = settings.params.mlflow.promotion_experiment
         run_id = log_run(settings, experiment, run_name=decision_title(record), tags=tags, params=params,
                          metrics=metrics, files=files, texts=texts)
@@ -81,11 +85,31 @@ def record_decision(settings: Settings, record: PromotionRecord, gate: GateResul
     return run_id
 
 
+def _gallery(settings: Settings, gate: GateResult | None, record: PromotionRecord) -> list[Artifact]:
+    """The gate's prediction-diff gallery, written under the reports folder; its files, for the run's ``diff/``.
+
+    A gallery that cannot be written (a full disk) costs the decision its pictures, never its record.
+    """
+    if gate is None or gate.diff is None:
+        return []
+    diff = replace(gate.diff, title=decision_title(record))
+    try:
+        folder = new_gallery_dir(settings, diff.model_a, diff.model_b)
+        write_gallery(settings, diff, folder)
+    except OSError as error:
+        log.warning("the prediction-diff gallery of %s was not written: %s", decision_title(record), error)
+        return []
+    return [(folder / name, "diff") for name in GALLERY_FILES]
+
+
 def decision_title(record: PromotionRecord) -> str:
     """The run's name: ``promotion v1→v2: promoted`` for a gate decision, ``rollback v2→v1`` otherwise."""
     if record.decision in GATE_DECISIONS:
         return (f"promotion {version_label(record.from_version)}→{version_label(record.candidate_version)}: "
                 f"{record.decision}")
+    if record.decision in ("canary", "canary_rollback"):  # the champion does not move: name the challenger
+        ended = " rolled back" if record.decision == "canary_rollback" else ""
+        return f"canary {version_label(record.candidate_version)}{ended} beside {version_label(record.from_version)}"
     return f"{record.decision} {version_label(record.from_version)}→{version_label(record.to_version)}"
 
 
@@ -111,6 +135,8 @@ def version_description(record: PromotionRecord) -> str:
     parts = [f"v{record.candidate_version}: {_origin(record.trigger)}"]
     if change := metric_change(record):
         parts.append(f"{change} vs {version_label(record.from_version)}")
+    if flips := describe_flips(record.flips):
+        parts.append(flips)
     verdict = {"promoted": "promoted to champion", "initial": "first champion"}.get(record.decision, record.decision)
     reason = record.reason.removeprefix(f"{record.decision}: ")  # the gate's reasons start with the decision
     return "; ".join(parts) + f". {verdict.capitalize()}: {reason}"
@@ -118,7 +144,7 @@ def version_description(record: PromotionRecord) -> str:
 
 def decision_note(record: PromotionRecord) -> str:
     """The run's description: the decision in one line, then the gate's reason."""
-    change = metric_change(record)
+    change = "; ".join(part for part in (metric_change(record), describe_flips(record.flips)) if part)
     return f"**{decision_title(record)}** ({record.trigger}){f'; {change}' if change else ''}.\n\n{record.reason}"
 
 

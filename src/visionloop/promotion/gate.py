@@ -19,6 +19,7 @@ from visionloop.config import Settings
 from visionloop.models.registry import HEADLINE_METRICS
 from visionloop.monitoring.slices import build_slice_frame, compare_slices, slice_metrics
 from visionloop.params import GateParams
+from visionloop.promotion.diff import PredictionDiff
 from visionloop.training.evaluate import Evaluation
 
 EPS = 1e-12  # "drops by more than" tolerates float noise exactly at the tolerance
@@ -50,6 +51,7 @@ class GateResult:
     slices: pd.DataFrame | None = None  # slices.compare_slices
     challenger_slices: pd.DataFrame | None = None  # slices.slice_metrics of the challenger
     gate_set: dict[str, Any] = field(default_factory=dict)
+    diff: PredictionDiff | None = None  # the gate-set images whose answer flips (None: not both models predicted)
 
 
 def refused(settings: Settings, champion: str | None, candidate: str, reason: str, **extra: Any) -> GateResult:

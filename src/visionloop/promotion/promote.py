@@ -3,7 +3,8 @@
 * ``register_run`` makes a training run's model a new version under the ``challenger`` alias; the
   very first champion is chosen here, and only if it passes ``registry.min_quality``.
 * ``evaluate_gate`` loads champion and challenger, has both predict the frozen gate set and asks
-  ``gate.judge`` for the verdict; it changes nothing. ``apply_gate`` acts on the verdict.
+  ``gate.judge`` for the verdict, then applies the shadow rule (``promotion.shadow``: too few shadow predictions
+  on live traffic defer the decision, without evaluating); it changes nothing. ``apply_gate`` acts on the verdict.
 * Every decision, promoted or refused, is recorded (``promotion.audit``).
 
 Safety: serving follows the ``champion`` alias, and the alias moves in one registry call, so a
@@ -36,8 +37,10 @@ from visionloop.models.registry import (
     registry_lock,
 )
 from visionloop.promotion.audit import finish_pending, record_decision, record_move, version_label
+from visionloop.promotion.diff import compare_predictions
 from visionloop.promotion.gate import GateResult, headline, initial_gate, judge, refused
 from visionloop.promotion.gate_set import gate_set_for, unseen_by
+from visionloop.promotion.shadow import gate_with_shadow
 from visionloop.training.evaluate import Evaluation, evaluate_model
 
 
@@ -90,7 +93,10 @@ def evaluate_gate(settings: Settings, candidate_version: str | None = None) -> G
     version = model_version(settings, candidate)  # RegistryError for a version that does not exist
     if candidate == champion:
         return refused(settings, champion, candidate, f"v{candidate} is already the champion; nothing to promote")
-    return _evaluate(settings, champion, version)
+    if champion is None:
+        return _evaluate(settings, champion, version)
+    # Its answers on live traffic beside the champion's (registry.gate.shadow): too few, and the gate defers.
+    return gate_with_shadow(settings, champion, version, lambda: _evaluate(settings, champion, version))
 
 
 def _evaluate(settings: Settings, champion: str | None, candidate: ModelVersion) -> GateResult:
@@ -132,7 +138,13 @@ def _evaluate(settings: Settings, champion: str | None, candidate: ModelVersion)
     except Exception as error:  # noqa: BLE001
         reason = f"the champion v{champion} could not predict on its own gate set ({error})"
         return refused(settings, champion, version, reason, gate_set=gate_set.info)
-    return judge(settings, champion, version, champion_eval, challenger_eval, gate_set)
+    gate = judge(settings, champion, version, champion_eval, challenger_eval, gate_set)
+    # What the promotion changes, image by image, from the predictions just made (audit writes the gallery).
+    gate.diff = compare_predictions(
+        gate_set.images, gate_set.labels, (champion_eval.classes, champion_eval.probabilities),
+        (challenger_eval.classes, challenger_eval.probabilities),
+        (f"{settings.model_name} v{champion}", f"{settings.model_name} v{version}"))
+    return gate
 
 
 def _load(settings: Settings, version: ModelVersion) -> tuple[ServableModel, Path]:
@@ -175,6 +187,7 @@ def _apply_locked(settings: Settings, gate: GateResult, trigger: str) -> Promoti
         reason=reason,
         trigger=trigger,
         metrics=gate.metrics,
+        flips=gate.diff.summary().totals() if gate.diff is not None else {},
     )
     if moves:
         record_move(settings, record, lambda: move_champion(settings, gate.candidate_version), gate)

@@ -8,7 +8,11 @@ What serves what, one module each under ``routes/``:
 * ``health`` — ``GET /health`` (liveness) and ``GET /ready`` (a model is loaded and checked).
 * ``model`` — ``GET /model``, the version serving; hot reload (``reload.ModelManager``) follows
   ``model_source.current_version()``.
-* ``labeling`` — the labeling queue and label review API; ``pages`` — the browser pages.
+  The registry's ``challenger`` alias is followed too (``challenger``); ``shadow`` has it predict a share of
+  ``/predict`` requests after their answers went out, logged beside the champion's; during a canary
+  (``canary``) it answers a share of them instead of the champion.
+* ``labeling`` — the labeling queue and label review API; ``pages`` — the browser pages; ``diffs`` — the
+  prediction-diff galleries of gate decisions and ``visionloop diff``, linked from the review page.
 
 Routes receive what they need through ``deps`` (``Annotated`` dependencies over ``app.state``), their
 shapes are in ``schemas``. Bad input never costs the server: every problem is a 4xx JSON
@@ -31,11 +35,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visionloop.config import Settings
 from visionloop.serving.batcher import MicroBatcher
+from visionloop.serving.canary import canary_router
+from visionloop.serving.challenger import Challenger, challenger_source
 from visionloop.serving.deps import LogWriter, token_guard
 from visionloop.serving.guards import RequestGuard, internal_error
 from visionloop.serving.reload import ModelManager
-from visionloop.serving.routes import feedback, health, labeling, model, pages, predict, stream
+from visionloop.serving.routes import diffs, feedback, health, labeling, model, pages, predict, stream
 from visionloop.serving.schemas import ErrorResponse
+from visionloop.serving.shadow import ShadowScorer
 from visionloop.serving.sources import ModelSource, source_from_uri
 from visionloop.serving.workers import WorkerBoard, board_dir
 from visionloop.store.predlog import PredictionLog
@@ -46,11 +53,14 @@ log = logging.getLogger(__name__)
 
 PUBLIC_ROUTERS = (health.router, model.router, pages.router, labeling.metrics_router,
                   stream.router)  # the /stream WebSocket checks host, origin and token at its handshake itself
-PROTECTED_ROUTERS = (predict.router, feedback.router, labeling.router)  # need the token when one is set
+PROTECTED_ROUTERS = (predict.router, feedback.router, diffs.router, labeling.router)  # need the token when one is set
 
 
-def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
+def create_app(settings: Settings, model_source: ModelSource, challenger: ModelSource | None = None) -> FastAPI:
     """The serving app for ``model_source``, configured by ``settings`` (``serving:`` of params.yaml).
+
+    ``challenger``: where the challenger comes from; None: the ``challenger`` alias beside a registry-following
+    ``model_source`` (``serving.challenger.challenger_source``), no challenger for any other source.
 
     Everything the routes share is built here and put on ``app.state``; the service locations
     (``VISIONLOOP_DB_URL``, the state directory, the token) are read now, once.
@@ -77,6 +87,13 @@ def create_app(settings: Settings, model_source: ModelSource) -> FastAPI:
         max_wait_ms=serving.max_wait_ms,
         log=writer.submit,  # one prediction-log entry per forward pass, never blocking
     )
+    # The registry's challenger, followed like the champion; shadow scoring (and the canary) read it.
+    app.state.challenger = Challenger(challenger or challenger_source(model_source),
+                                      poll_seconds=serving.poll_seconds, max_batch=serving.max_batch)
+    app.state.shadow = ShadowScorer(app.state.challenger, writer.submit_shadow, share=serving.shadow.share,
+                                    max_queue=serving.shadow.max_queue, max_batch=serving.max_batch)
+    # A canary (`promote --canary`) has the challenger answer a share of /predict instead of the champion.
+    app.state.canary = canary_router(model_source, app.state.challenger, serving.poll_seconds)
     add_routes(app, settings)
     return app
 
@@ -115,14 +132,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.board.join()
     state.batcher.start()
     poller = asyncio.create_task(state.manager.run(), name="model-poller")
+    challenger_poller = asyncio.create_task(state.challenger.run(), name="challenger-poller")
+    canary_poller = asyncio.create_task(state.canary.run(), name="canary-poller")
+    state.shadow.start()
     state.started = time.monotonic()  # GET /health's uptime
     try:
         yield
     finally:
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        for task in (poller, challenger_poller, canary_poller):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        state.canary.publish()  # what this process counted for a canary, up to its last request
         state.batcher.stop()
+        state.shadow.stop()  # before the writer closes: its last rows are drained or spilled with the rest
         # Drain the log for serving.drain_seconds; what is left is spilled to <state dir>/spool, replayed next start.
         await asyncio.to_thread(state.writer.close, state.settings.params.serving.drain_seconds)
         if state.writer.log is not None:

@@ -54,6 +54,7 @@ class BatchResult:
     model: ServableModel
     probabilities: np.ndarray  # N×C
     prediction_ids: list[str]  # one per image, as logged (the embeddings go to the log only)
+    seconds_per_image: float = 0.0  # the batch's forward time / its images (shadow scoring compares this)
 
 
 @dataclass
@@ -191,6 +192,7 @@ class MicroBatcher:
     def _answer(self, model: ServableModel, batch: list[_Item]) -> None:
         """One forward of ``batch`` through ``model``; every request gets its share, or the error."""
         images = [image for item in batch for image in item.images]
+        started = time.perf_counter()
         try:
             predictions = model.predict(images)
         except Exception as error:  # noqa: BLE001 - answered as a 500 to each request of the batch
@@ -198,6 +200,7 @@ class MicroBatcher:
             self.stats.failed_batches += 1
             self._fail(batch, error)
             return
+        per_image = (time.perf_counter() - started) / len(images)
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.images += len(images)
@@ -207,7 +210,7 @@ class MicroBatcher:
         start = 0
         for item in batch:
             end = start + len(item.images)
-            result = BatchResult(model, predictions.probabilities[start:end], ids[start:end])
+            result = BatchResult(model, predictions.probabilities[start:end], ids[start:end], per_image)
             _deliver(item, result, None)
             start = end
 

@@ -19,8 +19,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from visionloop.config import Settings
 from visionloop.models.bundle import ServableModel
 from visionloop.serving.batcher import MicroBatcher
+from visionloop.serving.canary import CanaryRouter
+from visionloop.serving.challenger import Challenger
 from visionloop.serving.guards import token_matches
 from visionloop.serving.reload import ModelManager
+from visionloop.serving.shadow import ShadowScorer
 from visionloop.serving.workers import WorkerBoard
 from visionloop.store.predlog import PredictionLog
 from visionloop.store.writer import PredictionLogWriter
@@ -51,6 +54,18 @@ async def get_board(request: Request) -> WorkerBoard:
     return request.app.state.board
 
 
+async def get_challenger(request: Request) -> Challenger:
+    return request.app.state.challenger
+
+
+async def get_shadow(request: Request) -> ShadowScorer:
+    return request.app.state.shadow
+
+
+async def get_canary(request: Request) -> CanaryRouter:
+    return request.app.state.canary
+
+
 async def uptime_seconds(request: Request) -> float:
     return round(time.monotonic() - request.app.state.started, 3)
 
@@ -61,6 +76,9 @@ BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 WriterDep = Annotated[LogWriter, Depends(get_writer)]
 Uptime = Annotated[float, Depends(uptime_seconds)]
 BoardDep = Annotated[WorkerBoard, Depends(get_board)]
+ChallengerDep = Annotated[Challenger, Depends(get_challenger)]  # the registry's challenger (serving.challenger)
+ShadowDep = Annotated[ShadowScorer, Depends(get_shadow)]
+CanaryDep = Annotated[CanaryRouter, Depends(get_canary)]  # which arm answers a request (serving.canary)
 
 
 async def serving_model(manager: ManagerDep) -> ServableModel | None:

@@ -118,8 +118,22 @@ class LogStatus(BaseModel):
     restarts: int = Field(description="Times the writer process died and was restarted.")
     spooled: int = Field(description="Entries spilled to <state dir>/spool at a stop, for the next start.")
     replayed: int = Field(description="Spilled entries replayed at this start.")
+    shadow_written: int = Field(description="A challenger's shadow predictions written (serving.shadow).")
+    shadow_dropped: int = Field(description="Shadow predictions not queued: the log queue was half full.")
     last_error: str | None = Field(None, description="The last failure.")
     last_error_at: str | None = Field(None, description="When it happened.")
+
+
+class ShadowStatus(BaseModel):
+    share: float = Field(description="serving.shadow.share: the share of /predict requests the challenger also sees.")
+    challenger_version: str | None = Field(None, description="The challenger loaded now (None: no challenger alias).")
+    queued: int = Field(description="Requests waiting for the challenger.")
+    offered: int = Field(description="Requests sampled and queued for the challenger since start.")
+    skipped: int = Field(description="Sampled requests not scored: the shadow queue was full.")
+    scored: int = Field(description="Images the challenger predicted.")
+    failed: int = Field(description="Images of batches the challenger failed on (their answers were not affected).")
+    incompatible: int = Field(description="Images not scored: the challenger is the champion or wants other channels.")
+    not_logged: int = Field(description="Scored images the prediction log did not take.")
 
 
 class WorkerStatus(BaseModel):
@@ -145,6 +159,7 @@ class HealthResponse(BaseModel):
     uptime_s: float = Field(description="Seconds since start.")
     pid: int = Field(description="The process that answered (one of `serve --workers N`'s).")
     workers: list[WorkerStatus] = Field(description="Every live serving process on this port and its version.")
+    shadow: ShadowStatus = Field(description="Shadow scoring by the registry's challenger (this process).")
 
 
 class ReadyResponse(BaseModel):

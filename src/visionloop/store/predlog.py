@@ -105,8 +105,10 @@ class PredictionLog:
         last_n: int | None = None,
         since: datetime | None = None,
         model_version: str | None = None,
+        stream_id: str | None = None,
     ) -> pd.DataFrame:
-        """The latest ``last_n`` predictions (and/or those since ``since``), oldest first, features flattened.
+        """The latest ``last_n`` predictions (and/or those since ``since``; only ``stream_id``'s video frames,
+        when given), oldest first, features flattened.
 
         Columns: ``records.BASE_COLUMNS``, then the stored features (image statistics, ``emb_i``),
         ``pred_label`` (= ``label``) and ``prob_<class>`` — the schema of the reference profile.
@@ -116,6 +118,8 @@ class PredictionLog:
             query = query.where(predictions_table.c.created_at >= as_utc(since))
         if model_version is not None:
             query = query.where(predictions_table.c.model_version == str(model_version))
+        if stream_id is not None:
+            query = query.where(predictions_table.c.stream_id == stream_id)
         query = query.order_by(predictions_table.c.created_at.desc(), predictions_table.c.id.desc())
         if last_n is not None:
             query = query.limit(int(last_n))
@@ -128,6 +132,22 @@ class PredictionLog:
             query = query.where(predictions_table.c.feedback_at >= as_utc(since))
         query = query.order_by(predictions_table.c.created_at, predictions_table.c.id)
         return self._frame(query, reverse=False)
+
+    def answer_counts(self, since: datetime, versions: Iterable[str], source: str = "rest") -> pd.DataFrame:
+        """Per version and label since ``since``: how many answers (``n``) and their summed confidence
+        (``confidence_sum``) — one aggregate query, for comparing versions on the same traffic (the canary)."""
+        table = predictions_table.c
+        query = (
+            sa.select(table.model_version, table.label, sa.func.count().label("n"),
+                      sa.func.sum(table.confidence).label("confidence_sum"))
+            .where(table.created_at >= as_utc(since), table.model_version.in_([str(v) for v in versions]),
+                   table.source == source)
+            .group_by(table.model_version, table.label)
+        )
+        self.ensure_schema()
+        with self.engine.connect() as connection:
+            rows = [dict(row._mapping) for row in connection.execute(query)]
+        return pd.DataFrame(rows, columns=["model_version", "label", "n", "confidence_sum"])
 
     def _frame(self, query: sa.Select, reverse: bool) -> pd.DataFrame:
         self.ensure_schema()

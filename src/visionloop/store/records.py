@@ -45,6 +45,8 @@ BASE_COLUMNS = [
     "source",
     "feedback_label",
     "feedback_at",
+    "stream_id",
+    "frame_ts",
 ]
 
 
@@ -66,6 +68,8 @@ def record_to_row(record: PredictionRecord) -> dict[str, Any]:
         "source": record.source,
         "feedback_label": record.feedback_label,
         "feedback_at": as_utc(record.feedback_at) if record.feedback_at else None,
+        "stream_id": record.stream_id,
+        "frame_ts": record.frame_ts,
     }
 
 
@@ -84,6 +88,8 @@ def row_to_record(row: Any) -> PredictionRecord:
         source=row["source"],
         feedback_label=row["feedback_label"],
         feedback_at=row["feedback_at"],
+        stream_id=row["stream_id"],
+        frame_ts=row["frame_ts"],
     )
 
 
@@ -155,6 +161,8 @@ class PendingPredictions:
     probabilities: np.ndarray  # N×C
     embeddings: np.ndarray  # N×D
     source: str = "rest"
+    stream_id: str | None = None  # source "stream": the stream the frames came from
+    frame_ts: list[float] | None = None  # and each frame's time in it (seconds), one per id
 
 
 @dataclass
@@ -166,7 +174,30 @@ class PendingFeedback:
     at: datetime
 
 
-LogEntry = PendingPredictions | PendingFeedback  # what the serving writer queues, acknowledges and spills
+@dataclass
+class PendingShadow:
+    """A challenger's answers for images the champion answered (shadow scoring), waiting to be logged.
+
+    ``ids`` are the champion's prediction ids; the writer reduces the embeddings (``store.shadowlog``).
+    """
+
+    ids: list[str]
+    created_at: datetime
+    model_name: str
+    champion_version: str
+    champion_labels: list[str]
+    champion_confidences: list[float]
+    champion_ms: list[float]  # per image: forward time per image of the champion's batch it was in
+    challenger_version: str
+    challenger_classes: list[str]
+    reduction: dict[str, Any] | None  # the challenger's
+    probabilities: np.ndarray  # N×C, the challenger's
+    embeddings: np.ndarray  # N×D, the challenger's
+    challenger_ms: float  # forward time per image of the challenger's batch
+    source: str = "rest"
+
+
+LogEntry = PendingPredictions | PendingFeedback | PendingShadow  # what the serving writer queues, acknowledges, spills
 
 
 def prediction_features(
@@ -203,6 +234,8 @@ def build_records(pending: PendingPredictions, image_paths: list[str | None]) ->
             features=features[i],
             image_path=image_paths[i],
             source=pending.source,
+            stream_id=pending.stream_id,
+            frame_ts=pending.frame_ts[i] if pending.frame_ts is not None else None,
         )
         for i, prediction_id in enumerate(pending.ids)
     ]

@@ -18,6 +18,7 @@ LABEL_QUEUE_SCANS = "label_queue_scans"
 LABEL_REVIEW = "label_review"
 ALERTS = "alerts"
 MONITOR_CHECKS = "monitor_checks"
+SHADOW_PREDICTIONS = "shadow_predictions"
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -67,6 +68,9 @@ predictions_table = sa.Table(
     sa.Column("source", sa.String(32), nullable=False, default="rest"),
     sa.Column("feedback_label", sa.String(200), nullable=True),
     sa.Column("feedback_at", UTCDateTime(), nullable=True),
+    sa.Column("stream_id", sa.String(200), nullable=True),  # a streamed frame's stream (REST/batch rows: empty)
+    sa.Column("frame_ts", sa.Float, nullable=True),  # the frame's timestamp in its stream, seconds
+    sa.Index("ix_predictions_stream", "stream_id", "created_at"),  # the monitor's per-stream window
 )
 
 label_queue_table = sa.Table(
@@ -137,5 +141,25 @@ monitor_checks_table = sa.Table(
     sa.Column("newest_feedback_at", UTCDateTime(), nullable=True),
     sa.Column("status", sa.String(32), nullable=False),  # monitoring.monitor.Status
     sa.Column("mlflow_run_id", sa.String(64), nullable=True),
+    sa.Column("stream_id", sa.String(200), nullable=True),  # a check of one stream's rows (empty: all of them)
     sa.Index("ix_monitor_checks_model", "model_name", "model_version"),
+)
+
+# One row per image a challenger predicted in the shadow of the champion's answer (visionloop.serving.shadow): the
+# champion's prediction id (its row in ``predictions``, where feedback labels arrive), both answers and their cost.
+shadow_predictions_table = sa.Table(
+    SHADOW_PREDICTIONS,
+    metadata,
+    *event_columns(),  # id: the champion's prediction id; created_at: when the champion answered
+    sa.Column("champion_version", sa.String(64), nullable=False),
+    sa.Column("champion_label", sa.String(200), nullable=False),
+    sa.Column("champion_confidence", sa.Float, nullable=False),
+    sa.Column("challenger_version", sa.String(64), nullable=False),
+    sa.Column("challenger_label", sa.String(200), nullable=False),
+    sa.Column("challenger_confidence", sa.Float, nullable=False),
+    sa.Column("champion_ms", sa.Float, nullable=False),  # forward time per image of the champion's batch
+    sa.Column("challenger_ms", sa.Float, nullable=False),  # ... and of the challenger's
+    sa.Column("features", sa.Text, nullable=False),  # JSON: the challenger's reduced embedding and probabilities
+    sa.Column("source", sa.String(32), nullable=False),  # rest | batch
+    sa.Index("ix_shadow_versions", "challenger_version", "champion_version", "created_at"),
 )

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from visionloop.locks import release, try_lock
-from visionloop.store.records import LogEntry, PendingFeedback, PendingPredictions
+from visionloop.store.records import LogEntry, PendingFeedback, PendingPredictions, PendingShadow
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ def _encode(entry: LogEntry) -> dict[str, Any]:
     if isinstance(entry, PendingFeedback):
         return {"v": SPOOL_VERSION, "kind": "feedback", "prediction_id": entry.prediction_id, "label": entry.label,
                 "at": entry.at.isoformat()}
+    if isinstance(entry, PendingShadow):
+        fields = {**entry.__dict__, "created_at": entry.created_at.isoformat(),
+                  "probabilities": _array(entry.probabilities), "embeddings": _array(entry.embeddings)}
+        return {"v": SPOOL_VERSION, "kind": "shadow", **fields}
     return {
         "v": SPOOL_VERSION,
         "kind": "predictions",
@@ -109,6 +113,8 @@ def _encode(entry: LogEntry) -> dict[str, Any]:
         "probabilities": _array(entry.probabilities),
         "embeddings": _array(entry.embeddings),
         "source": entry.source,
+        "stream_id": entry.stream_id,
+        "frame_ts": entry.frame_ts,
     }
 
 
@@ -117,6 +123,11 @@ def _decode(item: dict[str, Any]) -> LogEntry:
         raise ValueError(f"spool version {item['v']}, expected {SPOOL_VERSION}")
     if item["kind"] == "feedback":
         return PendingFeedback(item["prediction_id"], item["label"], datetime.fromisoformat(item["at"]))
+    if item["kind"] == "shadow":
+        fields = {k: v for k, v in item.items() if k not in ("v", "kind")}
+        return PendingShadow(**{**fields, "created_at": datetime.fromisoformat(item["created_at"]),
+                                "probabilities": _unarray(item["probabilities"]),
+                                "embeddings": _unarray(item["embeddings"])})
     return PendingPredictions(
         ids=item["ids"],
         created_at=datetime.fromisoformat(item["created_at"]),
@@ -128,6 +139,8 @@ def _decode(item: dict[str, Any]) -> LogEntry:
         probabilities=_unarray(item["probabilities"]),
         embeddings=_unarray(item["embeddings"]),
         source=item["source"],
+        stream_id=item.get("stream_id"),  # absent in entries spilled before streams were logged
+        frame_ts=item.get("frame_ts"),
     )
 
 

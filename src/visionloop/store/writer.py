@@ -29,10 +29,12 @@ from visionloop.store.records import (
     LogEntry,
     PendingFeedback,
     PendingPredictions,
+    PendingShadow,
     build_records,
     image_file,
     save_png,
 )
+from visionloop.store.shadowlog import shadow_rows, write_shadow
 from visionloop.store.writer_queue import WriterQueue, WriterStatus
 
 logger = logging.getLogger(__name__)
@@ -158,6 +160,9 @@ class PredictionLogWriter(WriterQueue):
                     self._fail(f"features: {error}", rows=len(pending.ids), db_down=False)
         if records:
             self._insert(records)
+        shadows = [entry for entry in batch if isinstance(entry, PendingShadow)]
+        if shadows:
+            self._insert_shadow(shadows)
         for feedback in (entry for entry in batch if isinstance(entry, PendingFeedback)):
             self._apply_feedback(feedback)  # its prediction is in this batch or an earlier one
 
@@ -175,6 +180,21 @@ class PredictionLogWriter(WriterQueue):
             self._totals.written += written
             self._last_ok = True
             self._any_write = True
+
+    def _insert_shadow(self, entries: list[PendingShadow]) -> None:
+        """A challenger's shadow rows (``store.shadowlog``), counted apart from the champion's."""
+        count = sum(len(entry.ids) for entry in entries)
+        if self.log is None:
+            self._fail("no prediction log configured", rows=count)
+            return
+        try:
+            written = write_shadow(self.log.engine, [row for entry in entries for row in shadow_rows(entry)])
+        except Exception as error:  # noqa: BLE001 - as for the champion's rows: counted, never raised
+            logger.warning("shadow log write failed (%d rows lost): %s", count, error)
+            self._fail(f"shadow: {str(error).splitlines()[0]}", rows=count)
+            return
+        with self._lock:
+            self._totals.shadow_written += written
 
     def _apply_feedback(self, feedback: PendingFeedback) -> None:
         try:
@@ -218,4 +238,4 @@ class PredictionLogWriter(WriterQueue):
 
 
 def _rows(entry: LogEntry) -> int:
-    return len(entry.ids) if isinstance(entry, PendingPredictions) else 1
+    return len(entry.ids) if isinstance(entry, PendingPredictions | PendingShadow) else 1

@@ -140,6 +140,7 @@ class ProcessLogWriter(WriterQueue):
                 written=child.written + earlier.written,
                 failed=child.failed + earlier.failed,
                 image_failures=child.image_failures + earlier.image_failures,
+                shadow_written=child.shadow_written + earlier.shadow_written,
                 restarts=self._restarts,
             ))
             if self._down is not None:
@@ -195,8 +196,9 @@ class ProcessLogWriter(WriterQueue):
             self._down = f"the prediction-log writer process exited (code {code}); restarting"
             self._earlier = replace(self._earlier, written=self._earlier.written + self._child_status.written,
                                     failed=self._earlier.failed + self._child_status.failed,
-                                    image_failures=self._earlier.image_failures + self._child_status.image_failures)
-            self._child_status = replace(self._child_status, written=0, failed=0, image_failures=0)
+                                    image_failures=self._earlier.image_failures + self._child_status.image_failures,
+                                    shadow_written=self._earlier.shadow_written + self._child_status.shadow_written)
+            self._child_status = replace(self._child_status, written=0, failed=0, image_failures=0, shadow_written=0)
             if not dead.progressed:
                 self._deaths_without_progress += 1
             if self._deaths_without_progress >= self.deaths_per_entry and self._entries:

@@ -20,7 +20,7 @@ from typing import Any
 
 from visionloop.store import spool
 from visionloop.store.predlog import PredictionLog
-from visionloop.store.records import LogEntry, PendingFeedback, PendingPredictions
+from visionloop.store.records import LogEntry, PendingFeedback, PendingPredictions, PendingShadow
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class WriterStatus:
     restarts: int = 0  # times the writer process died and was started again
     spooled: int = 0  # entries spilled to disk at a stop (replayed at the next start)
     replayed: int = 0  # spilled entries given to this writer at its start
+    shadow_written: int = 0  # a challenger's shadow predictions written (serving.shadow)
+    shadow_dropped: int = 0  # ... not queued: the log queue was half full (the champion's rows come first)
     last_error: str | None = None
     last_error_at: str | None = None
 
@@ -62,6 +64,7 @@ class WriterQueue:
         self._pending: dict[str, int] = {}  # prediction id → how many unacknowledged entries carry it
         self._next_seq = 0
         self._dropped = 0
+        self._shadow_dropped = 0
         self._spooled = 0
         self._replayed = 0
         self._replay_files: list[Path] = []  # deleted once every entry up to _replay_until is acknowledged
@@ -73,6 +76,16 @@ class WriterQueue:
         with self._lock:
             if len(self._entries) >= self._max_queue:
                 self._dropped += len(pending.ids)
+                return False
+            self._enqueue(pending)
+        return True
+
+    def submit_shadow(self, pending: PendingShadow) -> bool:
+        """Queue a challenger's shadow predictions; False (counted) when half the queue is taken already, so shadow
+        rows never cost the champion's rows their place."""
+        with self._lock:
+            if len(self._entries) >= self._max_queue // 2:
+                self._shadow_dropped += len(pending.ids)
                 return False
             self._enqueue(pending)
         return True
@@ -181,4 +194,5 @@ class WriterQueue:
     def _queue_counts(self, status: WriterStatus) -> WriterStatus:
         """``status`` with this side's counters (the lock is held)."""
         return replace(status, dropped=status.dropped + self._dropped, queued=len(self._pending),
+                       shadow_dropped=status.shadow_dropped + self._shadow_dropped,
                        spooled=self._spooled, replayed=self._replayed)

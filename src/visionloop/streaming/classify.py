@@ -7,6 +7,7 @@ monitoring and labeling see stream frames exactly like REST traffic, told apart 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,14 @@ if TYPE_CHECKING:
     from visionloop.models.bundle import ServableModel
 
 STREAM_SOURCE = "stream"  # the prediction log's ``source`` of every frame classified here
+STREAM_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")  # fits predictions.stream_id; safe in a path, a URL, a tag
+
+
+def check_stream_id(text: str) -> str:
+    """``text`` if it can name a stream in the log (``STREAM_ID``), else ``ValueError`` saying what can."""
+    if not STREAM_ID.fullmatch(text):
+        raise ValueError(f"a stream id is 1-200 letters, digits or . _ : -, got {text!r}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -44,9 +53,18 @@ class FrameAnswers:
 
 
 def classify_frames(
-    model: ServableModel, images: list[np.ndarray], log_submit: Callable[[PendingPredictions], object] | None
+    model: ServableModel,
+    images: list[np.ndarray],
+    log_submit: Callable[[PendingPredictions], object] | None,
+    *,
+    stream_id: str,
+    frame_ts: list[float],
 ) -> FrameAnswers:
-    """Classify canonical frames in one forward pass and hand them to ``log_submit`` (the writer's ``submit``)."""
+    """Classify canonical frames in one forward pass and hand them to ``log_submit`` (the writer's ``submit``).
+
+    ``stream_id`` and ``frame_ts`` (one per image, seconds of stream time) are logged with each frame, so the
+    monitor can check one stream's window (``visionloop monitor --stream ID``).
+    """
     predictions = model.predict(images)
     probabilities = np.asarray(predictions.probabilities, dtype=np.float64)
     ids = [str(uuid.uuid4()) for _ in images]
@@ -56,6 +74,7 @@ def classify_frames(
                 ids=ids, created_at=datetime.now(UTC), model_name=model.name, model_version=str(model.version),
                 classes=list(model.classes), reduction=model.reduction, images=images,
                 probabilities=probabilities, embeddings=np.asarray(predictions.embeddings), source=STREAM_SOURCE,
+                stream_id=stream_id, frame_ts=[float(t) for t in frame_ts],
             )
         )
     return FrameAnswers(model, ids, probabilities)

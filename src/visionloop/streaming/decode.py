@@ -44,18 +44,23 @@ class Source:
 
     @property
     def stream_id(self) -> str:
-        """A short stable name for the prediction log and the output: the file's stem, ``device0``, host/path."""
-        if self.kind == "file":
-            return Path(self.spec).stem
+        """A short stable name for the prediction log and the output: the file's stem, ``device0``, host/path
+        (characters other than letters, digits and ``._-`` made ``_``)."""
         if self.kind == "device":
             return f"device{self.spec}"
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.spec.split("://", 1)[1].split("?", 1)[0]).strip("_")[:64]
+        name = Path(self.spec).stem if self.kind == "file" else self.spec.split("://", 1)[1].split("?", 1)[0]
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:64] or self.kind
 
 
 def parse_source(spec: str) -> Source:
-    """A device index (``0`` → ``/dev/video0``), a URL with a network scheme, or a video file that exists."""
+    """A device index (``0`` → ``/dev/video0``, opened with FFmpeg's V4L2 input, Linux), a URL with a network
+    scheme, or a video file that exists. A device that is not there is refused now, not retried."""
     if spec.isdigit():
-        return Source(spec, "device", f"/dev/video{spec}", "v4l2")
+        device = f"/dev/video{int(spec)}"
+        if not Path(device).exists():
+            raise SourceUnavailable(f"no capture device {device} (SOURCE {spec} names a V4L2 camera; is one "
+                                    "connected? `ls /dev/video*` lists them)")
+        return Source(spec, "device", device, "v4l2")
     if spec.lower().startswith(NETWORK_SCHEMES):
         return Source(spec, "network", spec, None)
     if not Path(spec).is_file():
@@ -82,6 +87,7 @@ class DecodedFrame:
     index: int  # position among the decoded frames of this run (0-based, across reconnects)
     timestamp: float  # seconds of stream time (presentation time)
     rgb: np.ndarray  # H×W×3 uint8
+    decoded_at: float  # time.monotonic() when it came out of the decoder: where a live frame's latency starts
 
 
 @dataclass
@@ -106,16 +112,24 @@ class Backoff:
         self.failures = 0
 
 
-def frames(source: Source, stats: DecodeStats, backoff: Backoff, stop: Callable[[], bool]) -> Iterator[DecodedFrame]:
-    """Every decoded frame of ``source`` in order, until its end (a file) or ``stop()`` or giving up (live)."""
+def frames(
+    source: Source, stats: DecodeStats, backoff: Backoff, stop: Callable[[], bool], live_probe_s: float
+) -> Iterator[DecodedFrame]:
+    """Every decoded frame of ``source`` in order, until its end (a file) or ``stop()`` or giving up (live).
+
+    A live source is opened after ``live_probe_s`` of analysis (FFmpeg's default, 5 s, would hold the first
+    frames back and then hand them over in a burst the latency policy must drop).
+    """
     import av  # FFmpeg: imported when a stream is decoded
+
+    options = {"analyzeduration": str(round(live_probe_s * 1e6))} if source.live else {}
 
     index = 0
     offset = 0.0  # a reopened network stream restarts its clock: keep the run's timestamps increasing
     last = -1.0
     while not stop():
         try:
-            container = av.open(source.url, format=source.format, timeout=(10.0, 10.0))
+            container = av.open(source.url, format=source.format, options=options, timeout=(10.0, 10.0))
         except (av.FFmpegError, OSError) as error:
             stats.note(f"open: {error}")
             if source.kind == "file":
@@ -129,7 +143,7 @@ def frames(source: Source, stats: DecodeStats, backoff: Backoff, stop: Callable[
                 backoff.reset()
                 timestamp += offset
                 last = max(last, timestamp)
-                yield DecodedFrame(index, timestamp, rgb)
+                yield DecodedFrame(index, timestamp, rgb, time.monotonic())
                 index += 1
                 if stop():
                     return

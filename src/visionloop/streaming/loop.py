@@ -5,6 +5,11 @@
 (``get_model``: the hot-swapped champion of a ``serving.reload.ModelManager``, or a fixed one), classifies,
 hands the batch to the prediction log (``source="stream"``, the serving writer's ``submit``) and writes one row
 per frame. ``refresh`` is called between batches (where the caller polls the registry for a new champion).
+With ``annotate`` each answered frame is also drawn and encoded into a video (``streaming.annotate``).
+
+Latency is measured from the moment a frame leaves the decoder: ``wait_ms_max`` until its batch is taken (a
+live source's policy keeps it under ``max_latency_ms``), ``latency_ms_max`` until its answer is written (the
+wait plus one forward pass).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from visionloop.streaming.annotate import AnnotatedVideo
 from visionloop.streaming.classify import classify_frames
 from visionloop.streaming.decode import Backoff, DecodedFrame, DecodeStats, Source, SourceUnavailable, frames
 from visionloop.streaming.frames import Roi, canonical_frame
@@ -39,12 +45,13 @@ class StreamOptions:
     reconnect_initial_s: float
     reconnect_max_s: float
     reconnect_attempts: int
+    live_probe_ms: float
     roi: Roi | None = None
 
     @classmethod
     def from_params(cls, stream: StreamParams, roi: Roi | None = None) -> StreamOptions:
         return cls(stream.fps, stream.batch_size, stream.max_latency_ms, stream.reconnect_initial_s,
-                   stream.reconnect_max_s, stream.reconnect_attempts, roi)
+                   stream.reconnect_max_s, stream.reconnect_attempts, stream.live_probe_ms, roi)
 
 
 @dataclass
@@ -61,6 +68,9 @@ class StreamSummary:
     lost_frames: int = 0  # missing from the timestamps (a corrupt or lost stretch)
     reconnects: int = 0
     failed_batches: int = 0
+    annotated: int = 0  # frames written to the --annotate video
+    wait_ms_max: float = 0.0  # the longest a classified frame waited, decoder → its batch taken
+    latency_ms_max: float = 0.0  # the longest from the decoder to a written answer
     seconds: float = 0.0
     ended: str = "end"  # end | stopped | gave_up
     errors: list[str] = field(default_factory=list)
@@ -70,7 +80,8 @@ class StreamSummary:
         return self.classified / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "frames_per_second": round(self.frames_per_second, 2)}
+        return {**asdict(self), "wait_ms_max": round(self.wait_ms_max, 1),
+                "latency_ms_max": round(self.latency_ms_max, 1), "frames_per_second": round(self.frames_per_second, 2)}
 
 
 def run_stream(
@@ -83,6 +94,7 @@ def run_stream(
     refresh: Callable[[], None] | None = None,
     stop: threading.Event | None = None,
     stream_id: str | None = None,
+    annotate: AnnotatedVideo | None = None,
 ) -> StreamSummary:
     """Classify ``source`` until its end, ``stop`` being set, or a live source given up; return the counts."""
     stop = stop or threading.Event()
@@ -99,9 +111,10 @@ def run_stream(
     reader.start()
     try:
         while (batch := buffer.take(options.batch_size)) is not None:
+            summary.wait_ms_max = max(summary.wait_ms_max, (time.monotonic() - batch[0].decoded_at) * 1000)
             if refresh is not None:
                 refresh()
-            _classify(batch, options, get_model, sink, log_submit, summary)
+            _classify(batch, options, get_model, sink, log_submit, summary, annotate)
     except KeyboardInterrupt:
         summary.ended = "stopped"
     finally:
@@ -136,7 +149,7 @@ def _read(
     backoff = Backoff(options.reconnect_initial_s, options.reconnect_max_s, options.reconnect_attempts,
                       sleep=lambda seconds: stop.wait(seconds))
     try:
-        for frame in frames(source, stats, backoff, stop.is_set):
+        for frame in frames(source, stats, backoff, stop.is_set, options.live_probe_ms / 1000):
             if sampler.keep(frame.timestamp):
                 summary.sampled += 1
                 buffer.put(frame)
@@ -156,9 +169,10 @@ def _classify(
     sink: Sink,
     log_submit: Callable[[PendingPredictions], object] | None,
     summary: StreamSummary,
+    annotate: AnnotatedVideo | None,
 ) -> None:
-    """One forward pass for ``batch``; its rows written and its entry handed to the log. A failed batch
-    is counted, never the end of the stream."""
+    """One forward pass for ``batch``; its rows written (and drawn, with ``annotate``) and its entry handed to
+    the log. A failed batch is counted, never the end of the stream."""
     model = get_model()  # once per batch: a swap answers from the next batch on
     if model is None:
         summary.failed_batches += 1
@@ -166,15 +180,22 @@ def _classify(
         return
     try:
         images = [canonical_frame(frame.rgb, model.channels, options.roi) for frame in batch]
-        answers = classify_frames(model, images, log_submit)
+        answers = classify_frames(model, images, log_submit, stream_id=summary.stream_id,
+                                  frame_ts=[frame.timestamp for frame in batch])
     except Exception as error:  # noqa: BLE001 - one bad batch costs its frames
         log.exception("classifying %d frames failed", len(batch))
         summary.failed_batches += 1
         summary.errors = [*summary.errors[-4:], f"{type(error).__name__}: {error}"]
         return
-    sink.write([
+    rows = [
         {"stream_id": summary.stream_id, "frame_index": frame.index, "timestamp": round(frame.timestamp, 6),
          **answers.answer(k)}
         for k, frame in enumerate(batch)
-    ])
+    ]
+    sink.write(rows)
     summary.classified += len(batch)
+    summary.latency_ms_max = max(summary.latency_ms_max, (time.monotonic() - batch[0].decoded_at) * 1000)
+    if annotate is not None:
+        for frame, row in zip(batch, rows, strict=True):
+            annotate.write(frame.rgb, frame.timestamp, row["label"], row["confidence"])
+        summary.annotated = annotate.frames

@@ -39,6 +39,7 @@ class ImageClassifier(pl.LightningModule):
         backbone: str = SMALL_CNN,
         pretrained: str | None = None,
         warmup_epochs: float = 0.0,
+        pooling: str = "avg",
     ) -> None:
         """``backbone``/``pretrained`` as ``model.*`` in params.yaml. ``widths`` and ``embedding_dim`` shape the
         small CNN only (a timm backbone's embedding is its own pooled features); ``pretrained`` is recorded here,
@@ -48,7 +49,8 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.save_hyperparameters()
         self.net = build_network({"backbone": backbone, "num_classes": num_classes, "in_channels": in_channels,
-                                  "widths": list(widths), "embedding_dim": embedding_dim, "dropout": dropout})
+                                  "widths": list(widths), "embedding_dim": embedding_dim, "dropout": dropout,
+                                  "pooling": pooling})
         if strategy == "fine_tuning":  # only fine-tuning needs stages (a timm model without feature_info has none)
             stages = len(self.net.transfer_stages()[0])
             if not 0 <= fine_tune_blocks <= stages:
@@ -69,7 +71,7 @@ class ImageClassifier(pl.LightningModule):
     def architecture(self) -> dict[str, Any]:
         """What it takes to rebuild this network from a state_dict (stored in the bundle)."""
         hp = self.hparams
-        shape = {"widths": list(hp.widths)} if hp.backbone == SMALL_CNN else {}
+        shape = {"widths": list(hp.widths), "pooling": hp.pooling} if hp.backbone == SMALL_CNN else {}
         return {
             "backbone": hp.backbone,
             "num_classes": hp.num_classes,
@@ -140,7 +142,8 @@ class ImageClassifier(pl.LightningModule):
 def architecture_from_params(params: Params, num_classes: int) -> dict[str, Any]:
     """The network's architecture (the bundle's ``model_config.json``) for a fresh model of params.yaml's shape."""
     model = params.model
-    shape = {"widths": list(model.widths), "embedding_dim": model.embedding_dim} if model.backbone == SMALL_CNN else {}
+    shape = ({"widths": list(model.widths), "embedding_dim": model.embedding_dim, "pooling": model.pooling}
+             if model.backbone == SMALL_CNN else {})
     return {
         "backbone": model.backbone,
         "num_classes": num_classes,

@@ -17,15 +17,15 @@ import os
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from visionloop.serving.deps import BatcherDep, BoardDep, ManagerDep, ServingModel, Uptime, WriterDep
-from visionloop.serving.schemas import HealthResponse, LogStatus, ReadyResponse, WorkerStatus
+from visionloop.serving.deps import BatcherDep, BoardDep, ManagerDep, ServingModel, ShadowDep, Uptime, WriterDep
+from visionloop.serving.schemas import HealthResponse, LogStatus, ReadyResponse, ShadowStatus, WorkerStatus
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness and the state of the prediction log")
 def health(manager: ManagerDep, writer: WriterDep, batcher: BatcherDep, uptime: Uptime,
-           board: BoardDep) -> HealthResponse:
+           board: BoardDep, shadow: ShadowDep) -> HealthResponse:
     """200 while the process answers; says whether the prediction log is writing (ok), restarting its writer
     (degraded) or cannot reach its database (unavailable), and which version every worker serves."""
     status = manager.status()
@@ -46,6 +46,7 @@ def health(manager: ManagerDep, writer: WriterDep, batcher: BatcherDep, uptime: 
         uptime_s=uptime,
         pid=os.getpid(),
         workers=[WorkerStatus(**record) for record in board.members()],
+        shadow=ShadowStatus(**shadow.status()),
     )
 
 

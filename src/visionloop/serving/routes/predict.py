@@ -2,17 +2,20 @@
 
 The body is read and checked by ``serving.uploads``; readable images go to the micro-batcher
 (``serving.batcher``), which runs one forward pass for many requests and hands it to the prediction log
-off the request path. An unreadable image among several gets its own ``error`` and the others are answered.
+off the request path. An unreadable image among several gets its own ``error`` and the others are answered. On
+``serving.shadow.share`` of requests the challenger predicts the same images after the answer is sent
+(``serving.shadow``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request
 
 from visionloop.data.images import InvalidImage
 from visionloop.serving.batcher import BatchResult, NoModelLoaded, Overloaded
-from visionloop.serving.deps import BatcherDep, CurrentModel, SettingsDep
+from visionloop.serving.canary import client_key
+from visionloop.serving.deps import BatcherDep, CanaryDep, CurrentModel, SettingsDep, ShadowDep
 from visionloop.serving.schemas import ERRORS, ImagePrediction, PredictResponse
 from visionloop.serving.uploads import PREDICT_BODY_DOC, Decoded, Part, decode_images, read_images, refuse
 
@@ -26,11 +29,14 @@ router = APIRouter(tags=["predict"])
     openapi_extra=PREDICT_BODY_DOC,
     summary="Classify one or several images",
 )
-async def predict(request: Request, model: CurrentModel, batcher: BatcherDep, settings: SettingsDep) -> PredictResponse:
+async def predict(request: Request, model: CurrentModel, batcher: BatcherDep, settings: SettingsDep,
+                  shadow: ShadowDep, background: BackgroundTasks, canary: CanaryDep) -> PredictResponse:
     """Answers per image: label, probabilities, confidence, model version and a prediction id.
 
     An unreadable image among several gets an ``error`` entry and the others are answered (200);
-    when no image can be read the answer is 422 (413 when all were refused for their size).
+    when no image can be read the answer is 422 (413 when all were refused for their size). During a canary
+    (``visionloop promote --canary``) a share of requests is answered by the challenger (``model_version`` says
+    which version answered); a client that sends ``X-Client-Key`` (or ``?client_key=``) keeps one version.
     """
     params = settings.params
     channels = model.channels
@@ -41,15 +47,20 @@ async def predict(request: Request, model: CurrentModel, batcher: BatcherDep, se
         good = [i for i, item in enumerate(decoded) if isinstance(item, np.ndarray)]
         if not good:
             refuse(parts, decoded)
-        future = batcher.submit([decoded[i] for i in good], model)  # answered by the model it was decoded for
+        images = [decoded[i] for i in good]
+        route = canary.choose(model, client_key(request))  # during a canary, its share goes to the challenger
+        future = batcher.submit(images, route.model)  # answered by the model it was decoded for
     except Overloaded as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
     finally:
         batcher.arrived()
-    try:
-        result = await future
-    except NoModelLoaded as exc:
+    try:  # a canary forward that fails is answered by the champion (counted by the canary, not the client's)
+        result = await canary.settle(route, future, lambda champion: batcher.submit(images, champion), model)
+    except (NoModelLoaded, Overloaded) as exc:
         raise HTTPException(503, str(exc)) from None
+    # The challenger sees the same images once the answer is sent (serving.shadow); not when it gave the answer.
+    if result.model is model and shadow.wants():
+        background.add_task(shadow.offer, images, result)
     return PredictResponse(predictions=_answers(parts, decoded, good, result))
 
 

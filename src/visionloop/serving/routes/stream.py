@@ -5,7 +5,10 @@ one JSON text message, in order — ``{"index", "prediction_id", "model_version"
 "probabilities"}``, or ``{"index", "error", "error_code"}`` for a frame refused (over ``stream.max_frame_bytes``,
 over ``serving.max_pixels``, not an image). A refused frame costs only itself; the connection stays open.
 Frames are classified by the serving model (hot-swapped: read per frame) and logged like ``/predict``, with
-``source="stream"`` (``streaming.classify``, the same code as ``visionloop stream``).
+``source="stream"`` (``streaming.classify``, the same code as ``visionloop stream``), the connection's stream id
+(``/stream?stream_id=line-3``; default ``ws-`` and 8 random hex digits) and each frame's time: seconds since the
+connection was accepted, when the frame arrived. Every answer carries both (``stream_id``, ``frame_ts``), so
+``visionloop monitor --stream ID`` can check that stream alone.
 
 ``RequestGuard`` sees only HTTP requests, so the handshake is checked here with its rules: the Host allow-list,
 a same-origin ``Origin`` when one is sent (a page of another site cannot drive the socket), and the bearer
@@ -16,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
@@ -24,7 +30,7 @@ from starlette.datastructures import State
 from visionloop.data.images import TOO_LARGE, InvalidImage, canonicalize_image_bytes
 from visionloop.params import Params
 from visionloop.serving.guards import allowed_hosts, hostname_of, same_origin, token_matches
-from visionloop.streaming.classify import classify_frames
+from visionloop.streaming.classify import check_stream_id, classify_frames
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,7 @@ NO_MODEL = "no_model"
 
 
 def handshake_refusal(websocket: WebSocket) -> str | None:
-    """Why the connection is refused (host, origin, token), or None."""
+    """Why the connection is refused (host, origin, token, a malformed ``stream_id``), or None."""
     state = websocket.app.state
     serving = state.settings.params.serving
     host = websocket.headers.get("host")
@@ -47,6 +53,10 @@ def handshake_refusal(websocket: WebSocket) -> str | None:
         return "cross-origin WebSocket refused: its Origin is not this server"
     if state.token and not token_matches(websocket.headers.get("authorization"), state.token.encode()):
         return "missing or invalid bearer token"
+    try:
+        check_stream_id(websocket.query_params.get("stream_id", "ws-default"))
+    except ValueError as error:
+        return str(error)
     return None
 
 
@@ -58,7 +68,9 @@ async def stream(websocket: WebSocket) -> None:
         log.warning("refused a /stream connection: %s", refusal)
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=refusal)
         return
+    stream_id = websocket.query_params.get("stream_id", f"ws-{uuid.uuid4().hex[:8]}")  # checked above
     await websocket.accept()
+    opened = time.monotonic()
     state = websocket.app.state
     params = state.settings.params
     index = 0
@@ -67,14 +79,25 @@ async def stream(websocket: WebSocket) -> None:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            await websocket.send_json(await _answer(message.get("bytes"), index, state, params))
+            frame = Frame(index, stream_id, round(time.monotonic() - opened, 6))
+            await websocket.send_json(await _answer(message.get("bytes"), frame, state, params))
             index += 1
     except WebSocketDisconnect:
         return
 
 
-async def _answer(data: bytes | None, index: int, state: State, params: Params) -> dict[str, Any]:
-    """The answer to frame ``index``: its prediction, or why it was refused."""
+@dataclass(frozen=True)
+class Frame:
+    """Where a received frame sits: its index on the connection, the stream, its time (s since accepted)."""
+
+    index: int
+    stream_id: str
+    ts: float
+
+
+async def _answer(data: bytes | None, frame: Frame, state: State, params: Params) -> dict[str, Any]:
+    """The answer to ``frame``: its prediction, or why it was refused."""
+    index = frame.index
     if data is None:
         return {"index": index, "error": "send each frame as a binary message (JPEG or PNG bytes)",
                 "error_code": NOT_BINARY}
@@ -91,5 +114,6 @@ async def _answer(data: bytes | None, index: int, state: State, params: Params) 
         )
     except InvalidImage as error:
         return {"index": index, "error": error.reason, "error_code": error.code}
-    answers = await asyncio.to_thread(classify_frames, model, [image.array], state.writer.submit)
-    return {"index": index, **answers.answer(0)}
+    answers = await asyncio.to_thread(classify_frames, model, [image.array], state.writer.submit,
+                                      stream_id=frame.stream_id, frame_ts=[frame.ts])
+    return {"index": index, "stream_id": frame.stream_id, "frame_ts": frame.ts, **answers.answer(0)}

@@ -96,5 +96,19 @@
       refreshApply();
     }
   });
-  load();
+  // The newest prediction-diff gallery (a gate decision or `visionloop diff`): its counts, and the page itself
+  // fetched with the token and opened from a blob, so the link works when the server needs a token too.
+  async function showLatestDiff() {
+    try {
+      const latest = (await (await vl.api("/label/diffs")).json()).galleries[0];
+      if (!latest) return;
+      $("diff-summary").textContent = latest.title + ": " + latest.n_flipped + " of " + latest.n_images +
+        " images change their answer (" + latest.fixed + " fixed, " + latest.broken + " broke a known label).";
+      const page = await (await vl.api("/label/diffs/" + latest.name + "/diff.html")).blob();
+      $("diff-link").href = URL.createObjectURL(page);
+      $("diff").hidden = false;
+    } catch (_) { /* no gallery to show: the section stays hidden */ }
+  }
+
+  load().finally(showLatestDiff);
 })();
