@@ -27,15 +27,20 @@ from visionloop.models.tracking import log_run
 
 def new_output_dir(settings: Settings) -> Path:
     """A fresh ``<state>/monitoring/<UTC timestamp>/`` folder (suffixed when two checks start in one second)."""
-    root = settings.state_dir / "monitoring"
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return new_stamped_dir(settings.state_dir / "monitoring")
+
+
+def new_stamped_dir(root: Path, name: str = "") -> Path:
+    """A fresh ``root/<UTC timestamp>[-name]`` folder, suffixed ``-1``, ``-2``… when one was made in the same
+    second: report folders sort by time and are never shared by two writers."""
+    base = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + (f"-{name}" if name else "")
     for suffix in ("", *(f"-{i}" for i in range(1, 1000))):
         try:
-            (root / f"{stamp}{suffix}").mkdir(parents=True)
+            (root / f"{base}{suffix}").mkdir(parents=True)
         except FileExistsError:
             continue
-        return root / f"{stamp}{suffix}"
-    raise RuntimeError(f"could not create a new output folder under {root}")
+        return root / f"{base}{suffix}"
+    raise RuntimeError(f"could not create a new folder under {root}")
 
 
 def log_check_run(

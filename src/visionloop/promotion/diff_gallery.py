@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ import numpy as np
 from visionloop.config import Settings
 from visionloop.contracts import DiffSummary
 from visionloop.models.bundle import ServableModel
+from visionloop.monitoring.outputs import new_stamped_dir
 from visionloop.promotion.diff import PredictionDiff, compare_predictions
 from visionloop.promotion.diff_render import render_html, render_montage
 
@@ -103,16 +103,7 @@ def reports_root(settings: Settings) -> Path:
 
 def new_gallery_dir(settings: Settings, model_a: str, model_b: str) -> Path:
     """A fresh ``<UTC timestamp>-<A>-to-<B>`` folder under ``reports_root`` (suffixed if the name is taken)."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    base = f"{stamp}-{_slug(model_a)}-to-{_slug(model_b)}"[:100]
-    root = reports_root(settings)
-    for suffix in ("", *(f"-{i}" for i in range(1, 1000))):
-        try:
-            (root / f"{base}{suffix}").mkdir(parents=True)
-        except FileExistsError:
-            continue
-        return root / f"{base}{suffix}"
-    raise RuntimeError(f"could not create a new gallery folder under {root}")
+    return new_stamped_dir(reports_root(settings), f"{_slug(model_a)}-to-{_slug(model_b)}"[:80])
 
 
 def _slug(text: str) -> str:
